@@ -1,0 +1,239 @@
+//! Who the caller is: bearer extraction, key sets, signature verification,
+//! the verified-claims cache and per-route authorization.
+//!
+//! `auth` never sees sockets or bodies and never touches the state store:
+//! `proxy` composes the steps (verify, then the revocation check, then
+//! authorize).
+
+pub mod authorize;
+pub mod bearer;
+pub mod cache;
+pub mod keys;
+pub mod verify;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use crate::config::IdentityConfig;
+
+pub use authorize::{AccessRule, Denied};
+pub use bearer::{BearerToken, Malformed};
+pub use cache::ClaimsCache;
+pub use verify::{Rejected, Verifier};
+
+/// The claims of a token whose signature and time/issuer/audience checks
+/// passed, with the identity headers for upstreams computed once, so a cache
+/// hit parses and formats nothing. Only `auth::verify` builds one.
+#[derive(Debug)]
+pub struct VerifiedClaims {
+    claims: Map<String, Value>,
+    /// `exp` in seconds since the epoch: the cache never keeps it longer.
+    exp: u64,
+    subject: Option<Box<str>>,
+    roles: Box<[Box<str>]>,
+    scopes: Box<[Box<str>]>,
+    /// What upstreams receive about the caller (`[identity]`).
+    headers: Box<[(HeaderName, HeaderValue)]>,
+}
+
+impl VerifiedClaims {
+    /// Reads roles, scopes and identity headers out of verified `claims`.
+    ///
+    /// # Errors
+    /// When a value that must become a header holds characters no header may
+    /// carry (the token is then refused rather than forwarded without identity).
+    fn build(claims: Map<String, Value>, exp: u64, ids: &Identity) -> Result<Self, &'static str> {
+        let subject: Option<Box<str>> = match claims.get("sub") {
+            Some(Value::String(s)) => Some(s.as_str().into()),
+            Some(Value::Number(n)) => Some(n.to_string().into()),
+            _ => None,
+        };
+        let roles = strings(claims.get(&ids.roles_claim), |s| {
+            s.split(',').map(str::trim)
+        });
+        let mut scopes = strings(claims.get("scope"), |s| s.split_ascii_whitespace());
+        if scopes.is_empty() {
+            // Okta and Azure AD put scopes in an `scp` array.
+            scopes = strings(claims.get("scp"), |s| s.split_ascii_whitespace());
+        }
+        let mut headers = Vec::new();
+        let bad = "a claim cannot be forwarded in a header";
+        if let (Some(name), Some(sub)) = (&ids.subject_header, &subject) {
+            let v = HeaderValue::from_str(sub).map_err(|_| bad)?;
+            headers.push((name.clone(), v));
+        }
+        if let (Some(name), false) = (&ids.roles_header, roles.is_empty()) {
+            let joined = HeaderValue::from_str(&roles.join(",")).map_err(|_| bad)?;
+            headers.push((name.clone(), joined));
+        }
+        if let Some(name) = &ids.claims_header {
+            let json = serde_json::to_vec(&claims).map_err(|_| bad)?;
+            let b64 = URL_SAFE_NO_PAD.encode(json);
+            headers.push((name.clone(), HeaderValue::from_str(&b64).map_err(|_| bad)?));
+        }
+        for (claim, name) in &ids.claim_headers {
+            let value = match claims.get(claim) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            headers.push((
+                name.clone(),
+                HeaderValue::from_str(&value).map_err(|_| bad)?,
+            ));
+        }
+        Ok(VerifiedClaims {
+            claims,
+            exp,
+            subject,
+            roles: roles.into_boxed_slice(),
+            scopes: scopes.into_boxed_slice(),
+            headers: headers.into_boxed_slice(),
+        })
+    }
+
+    pub fn exp(&self) -> u64 {
+        self.exp
+    }
+
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
+    pub fn roles(&self) -> &[Box<str>] {
+        &self.roles
+    }
+
+    pub fn scopes(&self) -> &[Box<str>] {
+        &self.scopes
+    }
+
+    pub fn claim(&self, name: &str) -> Option<&Value> {
+        self.claims.get(name)
+    }
+
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.claims
+    }
+
+    /// The identity headers to set on the upstream request.
+    pub fn identity_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers
+    }
+}
+
+/// A string claim, or an array of strings, as a list; `split` cuts a string.
+fn strings<'a, I>(v: Option<&'a Value>, split: impl Fn(&'a str) -> I) -> Vec<Box<str>>
+where
+    I: Iterator<Item = &'a str>,
+{
+    match v {
+        Some(Value::String(s)) => split(s).filter(|s| !s.is_empty()).map(Into::into).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(Into::into)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The `[identity]` rules, with header names parsed once.
+#[derive(Debug)]
+pub struct Identity {
+    subject_header: Option<HeaderName>,
+    roles_header: Option<HeaderName>,
+    claims_header: Option<HeaderName>,
+    claim_headers: Vec<(String, HeaderName)>,
+    roles_claim: String,
+    /// Pass the client's `Authorization` header on to upstreams.
+    pub forward_authorization: bool,
+    /// Every configured identity header: stripped from every client request.
+    all: Box<[HeaderName]>,
+}
+
+impl Identity {
+    pub fn new(cfg: &IdentityConfig) -> Self {
+        let all = cfg
+            .subject_header
+            .iter()
+            .chain(&cfg.roles_header)
+            .chain(&cfg.claims_header)
+            .chain(cfg.claim_headers.iter().map(|(_, h)| h))
+            .cloned()
+            .collect();
+        Identity {
+            subject_header: cfg.subject_header.clone(),
+            roles_header: cfg.roles_header.clone(),
+            claims_header: cfg.claims_header.clone(),
+            claim_headers: cfg.claim_headers.clone(),
+            roles_claim: cfg.roles_claim.clone(),
+            forward_authorization: cfg.forward_authorization,
+            all,
+        }
+    }
+
+    /// The header names a client must never set itself.
+    pub fn header_names(&self) -> &[HeaderName] {
+        &self.all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn identity() -> Identity {
+        Identity::new(&IdentityConfig {
+            subject_header: Some(HeaderName::from_static("x-auth-subject")),
+            roles_header: Some(HeaderName::from_static("x-auth-roles")),
+            claims_header: Some(HeaderName::from_static("x-auth-claims")),
+            claim_headers: vec![("email".into(), HeaderName::from_static("x-auth-email"))],
+            roles_claim: "roles".into(),
+            forward_authorization: true,
+        })
+    }
+
+    fn build(v: Value) -> Result<VerifiedClaims, &'static str> {
+        let Value::Object(map) = v else {
+            unreachable!()
+        };
+        VerifiedClaims::build(map, 1, &identity())
+    }
+
+    #[test]
+    fn roles_from_a_string_or_an_array_and_scopes_from_scope_or_scp() {
+        let c = build(json!({"sub": "42", "roles": ["a", "b"], "scope": "read write"})).unwrap();
+        assert_eq!(&*c.roles()[1], "b");
+        assert_eq!(c.scopes().len(), 2);
+        let c = build(json!({"sub": 7, "roles": "admin", "scp": ["x"]})).unwrap();
+        assert_eq!(c.subject(), Some("7"));
+        assert_eq!(&*c.roles()[0], "admin");
+        assert_eq!(&*c.scopes()[0], "x");
+    }
+
+    #[test]
+    fn identity_headers_are_precomputed() {
+        let c = build(json!({"sub": "42", "roles": ["a", "b"], "email": "a@b.c"})).unwrap();
+        let h: Vec<_> = c
+            .identity_headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert!(h.contains(&("x-auth-subject", "42")));
+        assert!(h.contains(&("x-auth-roles", "a,b")));
+        assert!(h.contains(&("x-auth-email", "a@b.c")));
+        let (_, claims) = h.iter().find(|(n, _)| *n == "x-auth-claims").unwrap();
+        let decoded: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        assert_eq!(decoded["email"], "a@b.c");
+    }
+
+    #[test]
+    fn a_subject_with_a_newline_is_refused() {
+        assert!(build(json!({"sub": "a\nX-Evil: 1"})).is_err());
+    }
+}

@@ -1,0 +1,158 @@
+//! `Authorization: Bearer <token>` extraction (RFC 6750 §2.1): from the
+//! header only, never from the query string or a form body.
+
+use std::fmt;
+
+use http::{HeaderMap, header::AUTHORIZATION};
+
+/// A bearer token borrowed from the request headers. `Debug` never prints it.
+#[derive(Clone, Copy)]
+pub struct BearerToken<'a>(&'a str);
+
+impl<'a> BearerToken<'a> {
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl fmt::Debug for BearerToken<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<token>")
+    }
+}
+
+/// Why an `Authorization` header could not be read as a bearer token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    /// More than one `Authorization` header.
+    Repeated,
+    /// `Bearer` with nothing, or with characters outside RFC 6750's b64token.
+    BadToken,
+}
+
+/// The bearer token of `headers`, if the client sent one.
+///
+/// `Ok(None)`: no `Authorization` header, or one with another scheme (e.g.
+/// `Basic`): a protected route answers 401 to both.
+///
+/// # Errors
+/// [`Malformed`] when the header is there but is not a usable bearer token
+/// (400 `invalid_request`).
+pub fn extract(headers: &HeaderMap) -> Result<Option<BearerToken<'_>>, Malformed> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Malformed::Repeated);
+    }
+    let bytes = value.as_bytes();
+    const SCHEME: &[u8] = b"bearer";
+    if bytes.len() < SCHEME.len() || !bytes[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return Ok(None);
+    }
+    let rest = &bytes[SCHEME.len()..];
+    if !rest.is_empty() && rest[0] != b' ' {
+        // `BearerX...` is another scheme, not a malformed bearer header.
+        return Ok(None);
+    }
+    let token = trim_spaces(rest);
+    if token.is_empty() || !is_b64token(token) {
+        return Err(Malformed::BadToken);
+    }
+    // b64token is ASCII, so this cannot fail.
+    std::str::from_utf8(token)
+        .map(|t| Some(BearerToken(t)))
+        .map_err(|_| Malformed::BadToken)
+}
+
+fn trim_spaces(mut b: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' '] = b {
+        b = rest;
+    }
+    b
+}
+
+/// RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_b64token(t: &[u8]) -> bool {
+    let body_end = t.iter().rposition(|&c| c != b'=').map_or(0, |i| i + 1);
+    body_end > 0
+        && t[..body_end].iter().all(|&c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn reads_a_bearer_token_any_scheme_casing() {
+        for v in [
+            "Bearer abc.def.ghi",
+            "bearer abc.def.ghi",
+            "BEARER  abc.def.ghi ",
+        ] {
+            let h = headers(&[v]);
+            assert_eq!(extract(&h).unwrap().unwrap().as_str(), "abc.def.ghi");
+        }
+    }
+
+    #[test]
+    fn other_schemes_and_no_header_are_no_token() {
+        assert!(extract(&headers(&[])).unwrap().is_none());
+        assert!(
+            extract(&headers(&["Basic dXNlcjpwYXNz"]))
+                .unwrap()
+                .is_none()
+        );
+        assert!(extract(&headers(&["BearerX abc"])).unwrap().is_none());
+    }
+
+    #[test]
+    fn malformed_bearer_headers_are_errors() {
+        assert_eq!(
+            extract(&headers(&["Bearer"])).unwrap_err(),
+            Malformed::BadToken
+        );
+        assert_eq!(
+            extract(&headers(&["Bearer   "])).unwrap_err(),
+            Malformed::BadToken
+        );
+        assert_eq!(
+            extract(&headers(&["Bearer a b"])).unwrap_err(),
+            Malformed::BadToken
+        );
+        assert_eq!(
+            extract(&headers(&["Bearer a,b"])).unwrap_err(),
+            Malformed::BadToken
+        );
+        assert_eq!(
+            extract(&headers(&["Bearer ==="])).unwrap_err(),
+            Malformed::BadToken
+        );
+        assert_eq!(
+            extract(&headers(&["Bearer a", "Bearer b"])).unwrap_err(),
+            Malformed::Repeated
+        );
+    }
+
+    #[test]
+    fn debug_never_prints_the_token() {
+        let h = headers(&["Bearer secret.token.value"]);
+        let t = extract(&h).unwrap().unwrap();
+        assert_eq!(format!("{t:?}"), "<token>");
+    }
+}

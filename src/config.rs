@@ -1,0 +1,286 @@
+//! `gateway.toml`: loading, validation, and the validated runtime types.
+//!
+//! Pure: a string goes in, a [`Config`] or every [`Diag`] found comes out.
+//! The only I/O is reading the files and environment variables that the
+//! config names (key material), so `check` sees what `serve` would see.
+
+mod diag;
+pub mod raw;
+mod units;
+mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use jsonwebtoken::Algorithm;
+
+pub use diag::{Diag, Loc};
+pub use raw::{AuthMode, LogFormat};
+pub use units::parse_duration;
+
+/// A validated configuration. Built only by [`Config::load`] / [`Config::from_str`].
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from; diagnostics and relative paths use it.
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub state: StateConfig,
+    pub tokens: TokensConfig,
+    pub keys: Vec<KeySpec>,
+    pub issuers: Vec<IssuerSpec>,
+    pub cache: CacheConfig,
+    pub identity: IdentityConfig,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `None` when `admin_listen = ""`.
+    pub admin_listen: Option<SocketAddr>,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+#[derive(Debug)]
+pub struct StateConfig {
+    /// Directory of the embedded state (and of a generated signing key).
+    pub path: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct TokensConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub leeway: Duration,
+    pub refresh_reuse_grace: Duration,
+}
+
+/// One `[[keys]]` entry with its material read from disk or the environment.
+#[derive(Debug)]
+pub struct KeySpec {
+    pub id: String,
+    pub algorithm: Algorithm,
+    pub material: KeyMaterial,
+    pub sign: bool,
+    /// Where the entry starts, for errors found when the key is parsed.
+    pub loc: Loc,
+}
+
+/// Raw key bytes. Parsing into crypto objects happens in `auth::keys`.
+pub enum KeyMaterial {
+    /// An HMAC secret (HS*), at least 32 bytes.
+    Secret(Vec<u8>),
+    /// A PEM private key: signs, and its public half verifies.
+    PrivatePem(Vec<u8>),
+    /// A PEM public key: verifies only.
+    PublicPem(Vec<u8>),
+}
+
+impl fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material, not even in debug output.
+        f.write_str(match self {
+            KeyMaterial::Secret(_) => "Secret(<redacted>)",
+            KeyMaterial::PrivatePem(_) => "PrivatePem(<redacted>)",
+            KeyMaterial::PublicPem(_) => "PublicPem(..)",
+        })
+    }
+}
+
+/// One `[[issuers]]` entry.
+#[derive(Debug)]
+pub struct IssuerSpec {
+    /// Matched against `iss`; `None` matches tokens that carry no `iss`.
+    pub issuer: Option<String>,
+    /// Ids of `[[keys]]` entries.
+    pub keys: Vec<String>,
+    /// `None`: `aud` is not checked.
+    pub audiences: Option<Vec<String>>,
+    /// `None`: the algorithms of its keys.
+    pub algorithms: Option<Vec<Algorithm>>,
+}
+
+#[derive(Debug)]
+pub struct CacheConfig {
+    pub max_entries: u64,
+    pub max_ttl: Duration,
+}
+
+#[derive(Debug)]
+pub struct IdentityConfig {
+    /// `None` when configured as `""` (header disabled).
+    pub subject_header: Option<HeaderName>,
+    pub roles_header: Option<HeaderName>,
+    pub claims_header: Option<HeaderName>,
+    /// claim name -> header carrying its value.
+    pub claim_headers: Vec<(String, HeaderName)>,
+    pub roles_claim: String,
+    pub forward_authorization: bool,
+}
+
+#[derive(Debug)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// Where an upstream's requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `builtin:echo`: answered in-process with a JSON echo of the request.
+    Echo,
+    /// `http://host:port`.
+    Http { authority: http::uri::Authority },
+}
+
+#[derive(Debug)]
+pub struct RouteSpec {
+    pub path_prefix: String,
+    /// Lower-case host without port.
+    pub host: Option<String>,
+    pub methods: Option<Vec<Method>>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub auth: AuthMode,
+    pub roles_any: Vec<String>,
+    pub scopes_all: Vec<String>,
+    pub claims: Vec<(String, serde_json::Value)>,
+    pub strip_prefix: bool,
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+// === impl Config ===
+
+/// Every problem found in a config file, sorted by position.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<Diag>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// Every problem found, each as `FILE:LINE:COL: message`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![Diag {
+                file: path.to_path_buf(),
+                loc: Loc { line: 1, col: 1 },
+                message: format!("cannot read config: {e}"),
+            }])
+        })?;
+        Config::from_str(&src, path)
+    }
+
+    /// Validates `src` as if read from `path` (relative paths resolve against
+    /// `path`'s directory).
+    ///
+    /// # Errors
+    /// Every problem found, each as `FILE:LINE:COL: message`.
+    pub fn from_str(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        validate::validate(src, path).map_err(ConfigErrors)
+    }
+
+    /// Resolves a path written in the config against the config's directory.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        resolve_against(&self.path, p)
+    }
+}
+
+fn resolve_against(config_path: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match config_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+// === impl Cidr ===
+
+impl Cidr {
+    /// Parses `addr/prefix` or a bare address (a host route).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: prefix length must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                mask_eq(u32::from(net).into(), u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                mask_eq(u128::from(net), u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask_eq(net: u128, ip: u128, prefix: u8, bits: u32) -> bool {
+    if prefix == 0 {
+        return true;
+    }
+    let shift = bits - u32::from(prefix);
+    (net >> shift) == (ip >> shift)
+}
+
+#[cfg(test)]
+mod tests;

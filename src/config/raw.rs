@@ -1,0 +1,235 @@
+//! The serde mirror of `gateway.toml`.
+//!
+//! Every struct denies unknown fields (a typo must not silently disable a
+//! check) and none uses `#[serde(flatten)]`, which would quietly turn that off
+//! (serde-rs/serde#2283). Values that a later cross-check points at keep their
+//! span (`Spanned<T>`) so `check` can print `FILE:LINE:COL`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::Dur;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub tokens: RawTokens,
+    #[serde(default)]
+    pub keys: Vec<Spanned<RawKey>>,
+    #[serde(default)]
+    pub issuers: Vec<Spanned<RawIssuer>>,
+    #[serde(default)]
+    pub cache: RawCache,
+    pub login: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    #[serde(default)]
+    pub upstreams: Vec<Spanned<RawUpstream>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: Spanned<String>,
+    pub admin_listen: Spanned<String>,
+    pub tls: Option<Spanned<toml::Table>>,
+    pub request_timeout: Dur,
+    pub header_read_timeout: Dur,
+    pub max_header_bytes: Spanned<usize>,
+    pub max_connections: Spanned<usize>,
+    pub shutdown_grace: Dur,
+    pub log_format: LogFormat,
+    pub trusted_proxies: Vec<Spanned<String>>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: Spanned::new(0..0, "127.0.0.1:8080".into()),
+            admin_listen: Spanned::new(0..0, "127.0.0.1:9901".into()),
+            tls: None,
+            request_timeout: Dur::secs(30),
+            header_read_timeout: Dur::secs(10),
+            max_header_bytes: Spanned::new(0..0, 16_384),
+            max_connections: Spanned::new(0..0, 10_000),
+            shutdown_grace: Dur::secs(10),
+            log_format: LogFormat::Pretty,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawState {
+    pub backend: Spanned<String>,
+    pub path: String,
+    pub url: Option<String>,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            backend: Spanned::new(0..0, "embedded".into()),
+            path: "data/state".into(),
+            url: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTokens {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Dur,
+    pub refresh_ttl: Dur,
+    pub leeway: Dur,
+    pub refresh_reuse_grace: Dur,
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        RawTokens {
+            issuer: "gatehouse".into(),
+            audience: "api".into(),
+            access_ttl: Dur::secs(15 * 60),
+            refresh_ttl: Dur::secs(7 * 86_400),
+            leeway: Dur::secs(30),
+            refresh_reuse_grace: Dur::secs(0),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: Spanned<String>,
+    pub algorithm: Spanned<String>,
+    pub secret_env: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<String>>,
+    pub public_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sign: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: Option<String>,
+    pub jwks_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub keys: Vec<Spanned<String>>,
+    pub audiences: Option<Vec<String>>,
+    pub algorithms: Option<Vec<Spanned<String>>>,
+    pub jwks_refresh: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    pub max_entries: u64,
+    pub max_ttl: Dur,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            max_entries: 100_000,
+            max_ttl: Dur::secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIdentity {
+    pub subject_header: Spanned<String>,
+    pub roles_header: Spanned<String>,
+    pub claims_header: Spanned<String>,
+    pub claim_headers: BTreeMap<String, Spanned<String>>,
+    pub roles_claim: String,
+    pub forward_authorization: bool,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        RawIdentity {
+            subject_header: Spanned::new(0..0, "X-Auth-Subject".into()),
+            roles_header: Spanned::new(0..0, "X-Auth-Roles".into()),
+            claims_header: Spanned::new(0..0, "X-Auth-Claims".into()),
+            claim_headers: BTreeMap::from([(
+                "email".to_string(),
+                Spanned::new(0..0, "X-Auth-Email".to_string()),
+            )]),
+            roles_claim: "roles".into(),
+            forward_authorization: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: Spanned<String>,
+    pub targets: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout: Dur,
+    pub health_check: Option<Spanned<toml::Table>>,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur::secs(2)
+}
+
+fn default_upstream_timeout() -> Dur {
+    Dur::secs(30)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Required,
+    Optional,
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path_prefix: Spanned<String>,
+    pub host: Option<String>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub upstream: Spanned<String>,
+    #[serde(default)]
+    pub auth: AuthMode,
+    #[serde(default)]
+    pub roles_any: Vec<String>,
+    #[serde(default)]
+    pub scopes_all: Vec<String>,
+    #[serde(default)]
+    pub claims: toml::Table,
+    #[serde(default)]
+    pub strip_prefix: bool,
+}

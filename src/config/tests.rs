@@ -1,0 +1,104 @@
+use std::path::Path;
+
+use super::*;
+
+fn check(src: &str) -> Result<Config, Vec<String>> {
+    Config::from_str(src, Path::new("gw.toml"))
+        .map_err(|e| e.0.iter().map(|d| d.to_string()).collect())
+}
+
+const UPSTREAM: &str = r#"
+[[upstreams]]
+name = "api"
+targets = ["builtin:echo"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "api"
+auth = "none"
+"#;
+
+#[test]
+fn defaults_apply_to_a_minimal_config() {
+    let c = check(UPSTREAM).unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.server.max_header_bytes, 16384);
+    assert_eq!(c.tokens.leeway, Duration::from_secs(30));
+    assert_eq!(c.cache.max_entries, 100_000);
+    assert_eq!(c.identity.claim_headers.len(), 1);
+}
+
+#[test]
+fn unknown_keys_are_errors_with_position() {
+    let errs = check(&format!(
+        "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n{UPSTREAM}"
+    ))
+    .unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].starts_with("gw.toml:3:1: unknown field `lisen`"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn cross_checks_are_all_reported() {
+    let src = r#"
+[[upstreams]]
+name = "api"
+targets = ["ftp://x"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "apii"
+"#;
+    let errs = check(src).unwrap_err();
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(
+        errs[0].starts_with("gw.toml:3:8: upstream `api` is not used"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("gw.toml:4:12: upstream target `ftp://x`"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[2].starts_with("gw.toml:8:12: unknown upstream `apii`"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn short_secrets_and_missing_env_are_errors() {
+    let src = format!(
+        "[[keys]]\nid = \"k\"\nalgorithm = \"HS256\"\nsecret_env = \"GATEHOUSE_TEST_UNSET_VAR\"\n{UPSTREAM}"
+    );
+    let errs = check(&src).unwrap_err();
+    assert!(
+        errs[0].starts_with("gw.toml:4:14: environment variable"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn bad_durations_point_at_the_value() {
+    let errs = check(&format!("[cache]\nmax_ttl = \"5 minutes\"\n{UPSTREAM}")).unwrap_err();
+    assert!(errs[0].starts_with("gw.toml:2:11:"), "{errs:?}");
+    assert!(errs[0].contains("unknown unit"), "{errs:?}");
+}
+
+#[test]
+fn cidrs_match_v4_v6_and_mapped_addresses() {
+    let c = Cidr::parse("10.0.0.0/8").unwrap();
+    assert!(c.contains("10.1.2.3".parse().unwrap()));
+    assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+    assert!(!c.contains("11.0.0.1".parse().unwrap()));
+    assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
+    assert!(
+        Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap())
+    );
+    assert!(Cidr::parse("10.0.0.0/33").is_err());
+    assert!(Cidr::parse("nope").is_err());
+}

@@ -1,0 +1,563 @@
+//! raw -> [`Config`]: every cross-check, every diagnostic collected before failing.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::Path;
+
+use http::{HeaderName, Method};
+use jsonwebtoken::Algorithm;
+use toml::Spanned;
+
+use super::diag::{Diag, Diags};
+use super::raw::{RawConfig, RawIdentity, RawKey, RawRoute, RawServer, RawUpstream};
+use super::*;
+
+/// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
+const MIN_SECRET_BYTES: usize = 32;
+
+/// hyper cannot read a request head with a smaller buffer than this.
+const MIN_HEADER_BYTES: usize = 8192;
+
+pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
+    let mut d = Diags::new(path, src);
+    let raw: RawConfig = match toml::from_str(src) {
+        Ok(raw) => raw,
+        Err(e) => {
+            d.at(e.span().as_ref(), e.message().trim_end().to_string());
+            return Err(d.into_sorted());
+        }
+    };
+
+    let server = server(&raw.server, &mut d);
+    let keys = keys(&raw.keys, path, &mut d);
+    let issuers = issuers(&raw, &keys, &mut d);
+    let upstreams = upstreams(&raw.upstreams, &mut d);
+    let routes = routes(&raw.routes, &raw.upstreams, &mut d);
+    let identity = identity(&raw.identity, &mut d);
+    if let Some(login) = &raw.login {
+        d.at(
+            Some(&login.span()),
+            "[login] is not supported yet: this gateway verifies tokens only (issue #4 adds login)",
+        );
+    }
+    if raw.state.backend.get_ref() != "embedded" {
+        d.at(
+            Some(&raw.state.backend.span()),
+            format!(
+                "[state] backend `{}` is not supported yet: use \"embedded\"",
+                raw.state.backend.get_ref()
+            ),
+        );
+    }
+    if raw.cache.max_entries == 0 {
+        d.at(None, "[cache] max_entries must be at least 1");
+    }
+
+    if !d.is_empty() {
+        return Err(d.into_sorted());
+    }
+    let t = &raw.tokens;
+    Ok(Config {
+        path: path.to_path_buf(),
+        server: server.expect("no diagnostics means the server section parsed"),
+        state: StateConfig {
+            path: resolve_against(path, &raw.state.path),
+        },
+        tokens: TokensConfig {
+            issuer: t.issuer.clone(),
+            audience: t.audience.clone(),
+            access_ttl: t.access_ttl.0,
+            refresh_ttl: t.refresh_ttl.0,
+            leeway: t.leeway.0,
+            refresh_reuse_grace: t.refresh_reuse_grace.0,
+        },
+        keys,
+        issuers,
+        cache: CacheConfig {
+            max_entries: raw.cache.max_entries,
+            max_ttl: raw.cache.max_ttl.0,
+        },
+        identity,
+        upstreams,
+        routes,
+    })
+}
+
+fn server(s: &RawServer, d: &mut Diags<'_>) -> Option<ServerConfig> {
+    let listen = socket_addr(&s.listen, d);
+    let admin_listen = if s.admin_listen.get_ref().is_empty() {
+        Some(None)
+    } else {
+        socket_addr(&s.admin_listen, d).map(Some)
+    };
+    if let Some(tls) = &s.tls {
+        d.at(
+            Some(&tls.span()),
+            "[server] tls is not supported yet: terminate TLS in front of gatehouse",
+        );
+    }
+    if *s.max_header_bytes.get_ref() < MIN_HEADER_BYTES {
+        d.at(
+            Some(&s.max_header_bytes.span()),
+            format!("max_header_bytes must be at least {MIN_HEADER_BYTES}"),
+        );
+    }
+    if *s.max_connections.get_ref() == 0 {
+        d.at(
+            Some(&s.max_connections.span()),
+            "max_connections must be at least 1",
+        );
+    }
+    let mut trusted = Vec::new();
+    for p in &s.trusted_proxies {
+        match Cidr::parse(p.get_ref()) {
+            Ok(c) => trusted.push(c),
+            Err(e) => d.at(Some(&p.span()), e),
+        }
+    }
+    Some(ServerConfig {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        request_timeout: s.request_timeout.0,
+        header_read_timeout: s.header_read_timeout.0,
+        max_header_bytes: *s.max_header_bytes.get_ref(),
+        max_connections: *s.max_connections.get_ref(),
+        shutdown_grace: s.shutdown_grace.0,
+        log_format: s.log_format,
+        trusted_proxies: trusted,
+    })
+}
+
+fn socket_addr(s: &Spanned<String>, d: &mut Diags<'_>) -> Option<std::net::SocketAddr> {
+    match s.get_ref().parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            d.at(
+                Some(&s.span()),
+                format!(
+                    "`{}` is not an IP:port address (e.g. \"127.0.0.1:8080\")",
+                    s.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn keys(raw: &[Spanned<RawKey>], path: &Path, d: &mut Diags<'_>) -> Vec<KeySpec> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for k in raw {
+        let span = k.span();
+        let k = k.get_ref();
+        if !seen.insert(k.id.get_ref().as_str()) {
+            d.at(
+                Some(&k.id.span()),
+                format!("duplicate key id `{}`", k.id.get_ref()),
+            );
+        }
+        let Some(algorithm) = algorithm(&k.algorithm, d) else {
+            continue;
+        };
+        if let Some(material) = key_material(k, algorithm, &span, path, d) {
+            if k.sign && matches!(material, KeyMaterial::PublicPem(_)) {
+                d.at(
+                    Some(&span),
+                    format!(
+                        "key `{}` has `sign = true` but only a public_key: signing needs private_key",
+                        k.id.get_ref()
+                    ),
+                );
+            }
+            out.push(KeySpec {
+                id: k.id.get_ref().clone(),
+                algorithm,
+                material,
+                sign: k.sign,
+                loc: d.loc(&span),
+            });
+        }
+    }
+    out
+}
+
+fn algorithm(a: &Spanned<String>, d: &mut Diags<'_>) -> Option<Algorithm> {
+    match a.get_ref().parse::<Algorithm>() {
+        Ok(alg) => Some(alg),
+        Err(_) => {
+            d.at(
+                Some(&a.span()),
+                format!(
+                    "unknown algorithm `{}`: use HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA",
+                    a.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+fn key_material(
+    k: &RawKey,
+    alg: Algorithm,
+    span: &Range<usize>,
+    path: &Path,
+    d: &mut Diags<'_>,
+) -> Option<KeyMaterial> {
+    let id = k.id.get_ref();
+    let sources = [&k.secret_env, &k.secret_file, &k.private_key, &k.public_key];
+    if sources.iter().filter(|s| s.is_some()).count() != 1 {
+        let want = if is_hmac(alg) {
+            "secret_env or secret_file"
+        } else {
+            "private_key or public_key"
+        };
+        d.at(
+            Some(span),
+            format!("key `{id}` needs exactly one of {want}"),
+        );
+        return None;
+    }
+    if is_hmac(alg) {
+        let secret = if let Some(var) = &k.secret_env {
+            match std::env::var_os(var.get_ref()) {
+                Some(v) => v.into_encoded_bytes(),
+                None => {
+                    d.at(
+                        Some(&var.span()),
+                        format!("environment variable `{}` is not set", var.get_ref()),
+                    );
+                    return None;
+                }
+            }
+        } else if let Some(file) = &k.secret_file {
+            let mut bytes = read_file(file, path, d)?;
+            // `openssl rand -hex 32 > secret.key` leaves a newline: not part of the secret.
+            while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                bytes.pop();
+            }
+            bytes
+        } else {
+            d.at(
+                Some(span),
+                format!("key `{id}` is {alg:?}: it takes secret_env or secret_file, not a PEM"),
+            );
+            return None;
+        };
+        if secret.len() < MIN_SECRET_BYTES {
+            let at = k.secret_env.as_ref().or(k.secret_file.as_ref());
+            d.at(
+                at.map(|s| s.span()).as_ref(),
+                format!(
+                    "key `{id}`: the secret is {} bytes; HMAC keys need at least {MIN_SECRET_BYTES}",
+                    secret.len()
+                ),
+            );
+            return None;
+        }
+        return Some(KeyMaterial::Secret(secret));
+    }
+    if let Some(file) = &k.private_key {
+        return read_file(file, path, d).map(KeyMaterial::PrivatePem);
+    }
+    if let Some(file) = &k.public_key {
+        return read_file(file, path, d).map(KeyMaterial::PublicPem);
+    }
+    d.at(
+        Some(span),
+        format!("key `{id}` is {alg:?}: it takes private_key or public_key, not a secret"),
+    );
+    None
+}
+
+fn read_file(file: &Spanned<String>, path: &Path, d: &mut Diags<'_>) -> Option<Vec<u8>> {
+    let full = resolve_against(path, file.get_ref());
+    match std::fs::read(&full) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            d.at(
+                Some(&file.span()),
+                format!("cannot read `{}`: {e}", full.display()),
+            );
+            None
+        }
+    }
+}
+
+fn issuers(raw: &RawConfig, keys: &[KeySpec], d: &mut Diags<'_>) -> Vec<IssuerSpec> {
+    let known: HashSet<&str> = raw
+        .keys
+        .iter()
+        .map(|k| k.get_ref().id.get_ref().as_str())
+        .collect();
+    let mut seen: HashSet<Option<&str>> = HashSet::from([Some(raw.tokens.issuer.as_str())]);
+    let mut out = Vec::new();
+    for i in &raw.issuers {
+        let span = i.span();
+        let i = i.get_ref();
+        if let Some(url) = &i.jwks_url {
+            d.at(
+                Some(&url.span()),
+                "jwks_url is not supported yet: list key ids from [[keys]] in `keys`",
+            );
+        }
+        if !seen.insert(i.issuer.as_deref()) {
+            let what = i.issuer.as_deref().map_or_else(
+                || "an issuer without `issuer`".to_string(),
+                |s| format!("issuer `{s}`"),
+            );
+            d.at(
+                Some(&span),
+                format!("{what} is configured twice (the [tokens] issuer counts too)"),
+            );
+        }
+        if i.keys.is_empty() && i.jwks_url.is_none() {
+            d.at(Some(&span), "an issuer needs `keys = [...]`");
+        }
+        for k in &i.keys {
+            if !known.contains(k.get_ref().as_str()) {
+                d.at(
+                    Some(&k.span()),
+                    format!(
+                        "unknown key `{}`: no [[keys]] entry has this id",
+                        k.get_ref()
+                    ),
+                );
+            }
+        }
+        let algorithms = i.algorithms.as_ref().map(|list| {
+            list.iter()
+                .filter_map(|a| algorithm(a, d))
+                .collect::<Vec<_>>()
+        });
+        if let Some(algs) = &algorithms {
+            let usable = i.keys.iter().any(|k| {
+                keys.iter()
+                    .any(|spec| &spec.id == k.get_ref() && algs.contains(&spec.algorithm))
+            });
+            if !usable && !keys.is_empty() && !i.keys.is_empty() {
+                d.at(
+                    Some(&span),
+                    "none of this issuer's keys has an algorithm in its `algorithms` list",
+                );
+            }
+        }
+        out.push(IssuerSpec {
+            issuer: i.issuer.clone(),
+            keys: i.keys.iter().map(|k| k.get_ref().clone()).collect(),
+            audiences: i.audiences.clone(),
+            algorithms,
+        });
+    }
+    out
+}
+
+fn upstreams(raw: &[Spanned<RawUpstream>], d: &mut Diags<'_>) -> Vec<UpstreamSpec> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for u in raw {
+        let u = u.get_ref();
+        if !seen.insert(u.name.get_ref().as_str()) {
+            d.at(
+                Some(&u.name.span()),
+                format!("duplicate upstream `{}`", u.name.get_ref()),
+            );
+        }
+        if u.targets.get_ref().is_empty() {
+            d.at(
+                Some(&u.targets.span()),
+                "an upstream needs at least one target",
+            );
+        }
+        if let Some(hc) = &u.health_check {
+            d.at(
+                Some(&hc.span()),
+                "health_check is not supported yet: failed targets are ejected passively",
+            );
+        }
+        let targets = u
+            .targets
+            .get_ref()
+            .iter()
+            .filter_map(|t| target(t, d))
+            .collect();
+        out.push(UpstreamSpec {
+            name: u.name.get_ref().clone(),
+            targets,
+            connect_timeout: u.connect_timeout.0,
+            timeout: u.timeout.0,
+        });
+    }
+    out
+}
+
+fn target(t: &Spanned<String>, d: &mut Diags<'_>) -> Option<Target> {
+    let s = t.get_ref();
+    if s == "builtin:echo" {
+        return Some(Target::Echo);
+    }
+    let bad = |d: &mut Diags<'_>, why: &str| {
+        d.at(
+            Some(&t.span()),
+            format!(
+                "upstream target `{s}` {why} (e.g. \"http://127.0.0.1:9000\" or \"builtin:echo\")"
+            ),
+        );
+        None
+    };
+    let Ok(uri) = s.parse::<http::Uri>() else {
+        return bad(d, "is not a URL");
+    };
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return bad(d, "uses https, which is not supported yet"),
+        _ => return bad(d, "must start with http://"),
+    }
+    let Some(authority) = uri.authority().cloned() else {
+        return bad(d, "has no host");
+    };
+    if authority.as_str().contains('@') {
+        return bad(d, "must not carry credentials");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return bad(d, "must not have a path or query");
+    }
+    Some(Target::Http { authority })
+}
+
+fn routes(
+    raw: &[Spanned<RawRoute>],
+    ups: &[Spanned<RawUpstream>],
+    d: &mut Diags<'_>,
+) -> Vec<RouteSpec> {
+    let index: HashMap<&str, usize> = ups
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.get_ref().name.get_ref().as_str(), i))
+        .collect();
+    let mut used = vec![false; ups.len()];
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for r in raw {
+        let span = r.span();
+        let r = r.get_ref();
+        let prefix = r.path_prefix.get_ref();
+        if !prefix.starts_with('/') {
+            d.at(
+                Some(&r.path_prefix.span()),
+                format!("path_prefix `{prefix}` must start with `/`"),
+            );
+        }
+        let methods = r.methods.as_ref().map(|ms| {
+            ms.iter()
+                .filter_map(|m| {
+                    match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                        Ok(m) => Some(m),
+                        Err(_) => {
+                            d.at(
+                                Some(&m.span()),
+                                format!("`{}` is not an HTTP method", m.get_ref()),
+                            );
+                            None
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
+        let mut key_methods: Vec<String> =
+            methods.iter().flatten().map(|m| m.to_string()).collect();
+        key_methods.sort();
+        if !seen.insert((prefix.clone(), host.clone(), key_methods)) {
+            d.at(
+                Some(&span),
+                "another route has the same path_prefix, host and methods: one of them could never match",
+            );
+        }
+        let upstream = match index.get(r.upstream.get_ref().as_str()) {
+            Some(&i) => {
+                used[i] = true;
+                i
+            }
+            None => {
+                d.at(
+                    Some(&r.upstream.span()),
+                    format!(
+                        "unknown upstream `{}`: no [[upstreams]] entry has this name",
+                        r.upstream.get_ref()
+                    ),
+                );
+                0
+            }
+        };
+        let claims = r
+            .claims
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+                )
+            })
+            .collect();
+        out.push(RouteSpec {
+            path_prefix: prefix.clone(),
+            host,
+            methods,
+            upstream,
+            auth: r.auth,
+            roles_any: r.roles_any.clone(),
+            scopes_all: r.scopes_all.clone(),
+            claims,
+            strip_prefix: r.strip_prefix,
+        });
+    }
+    for (u, used) in ups.iter().zip(used) {
+        if !used {
+            let name = &u.get_ref().name;
+            d.at(
+                Some(&name.span()),
+                format!("upstream `{}` is not used by any route", name.get_ref()),
+            );
+        }
+    }
+    out
+}
+
+fn identity(raw: &RawIdentity, d: &mut Diags<'_>) -> IdentityConfig {
+    let mut header = |h: &Spanned<String>| -> Option<HeaderName> {
+        if h.get_ref().is_empty() {
+            return None;
+        }
+        match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                d.at(
+                    Some(&h.span()),
+                    format!("`{}` is not a valid header name", h.get_ref()),
+                );
+                None
+            }
+        }
+    };
+    let subject_header = header(&raw.subject_header);
+    let roles_header = header(&raw.roles_header);
+    let claims_header = header(&raw.claims_header);
+    let claim_headers = raw
+        .claim_headers
+        .iter()
+        .filter_map(|(claim, h)| header(h).map(|name| (claim.clone(), name)))
+        .collect();
+    IdentityConfig {
+        subject_header,
+        roles_header,
+        claims_header,
+        claim_headers,
+        roles_claim: raw.roles_claim.clone(),
+        forward_authorization: raw.forward_authorization,
+    }
+}

@@ -1,0 +1,135 @@
+//! Every way a request can fail, and the one place that turns it into a
+//! response: status, `WWW-Authenticate` (RFC 6750 §3), JSON body.
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+
+/// One variant per row of SPEC §4's error table.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayError {
+    #[error("no route matches")]
+    NoRoute,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    #[error("no bearer token")]
+    MissingToken,
+    #[error("malformed Authorization header")]
+    MalformedAuthorization,
+    #[error("invalid token: {0}")]
+    InvalidToken(&'static str),
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(&'static str),
+    #[error("upstream connection failed")]
+    UpstreamConnect,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+}
+
+const REALM: &str = "Bearer realm=\"gatehouse\"";
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::MissingToken => StatusCode::UNAUTHORIZED,
+            GatewayError::MalformedAuthorization => StatusCode::BAD_REQUEST,
+            GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            GatewayError::UpstreamConnect => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// `(error, error_description)` of the JSON body.
+    fn body(&self) -> (&'static str, &'static str) {
+        match self {
+            GatewayError::NoRoute => ("not_found", "no route matches this request"),
+            GatewayError::BadRequest(why) => ("invalid_request", why),
+            GatewayError::HeadersTooLarge => ("invalid_request", "request header fields too large"),
+            GatewayError::MissingToken => ("invalid_token", "a bearer token is required"),
+            GatewayError::MalformedAuthorization => (
+                "invalid_request",
+                "the Authorization header is not a valid bearer token",
+            ),
+            GatewayError::InvalidToken(why) => ("invalid_token", why),
+            GatewayError::InsufficientScope(why) => ("insufficient_scope", why),
+            GatewayError::UpstreamConnect => ("bad_gateway", "the upstream could not be reached"),
+            GatewayError::UpstreamTimeout => {
+                ("gateway_timeout", "the upstream did not answer in time")
+            }
+        }
+    }
+
+    /// RFC 6750 §3: no `error` attribute when no token was presented.
+    fn www_authenticate(&self) -> Option<String> {
+        match self {
+            GatewayError::MissingToken => Some(REALM.to_string()),
+            GatewayError::MalformedAuthorization => {
+                Some(format!("{REALM}, error=\"invalid_request\""))
+            }
+            GatewayError::InvalidToken(why) => Some(format!(
+                "{REALM}, error=\"invalid_token\", error_description=\"{why}\""
+            )),
+            GatewayError::InsufficientScope(_) => {
+                Some(format!("{REALM}, error=\"insufficient_scope\""))
+            }
+            GatewayError::NoRoute
+            | GatewayError::BadRequest(_)
+            | GatewayError::HeadersTooLarge
+            | GatewayError::UpstreamConnect
+            | GatewayError::UpstreamTimeout => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let (error, description) = self.body();
+        let mut rsp = json_response(
+            self.status(),
+            &serde_json::json!({ "error": error, "error_description": description }),
+        );
+        if let Some(v) = self.www_authenticate() {
+            let v = HeaderValue::from_str(&v).expect("descriptions are static ASCII");
+            rsp.headers_mut().insert(WWW_AUTHENTICATE, v);
+        }
+        rsp
+    }
+}
+
+/// A JSON response that no cache keeps.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut rsp = Response::new(body::full(value.to_string()));
+    *rsp.status_mut() = status;
+    let h = rsp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    rsp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn www_authenticate_follows_rfc_6750() {
+        let r = GatewayError::MissingToken.into_response();
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer realm=\"gatehouse\"");
+        let r = GatewayError::InvalidToken("token expired").into_response();
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\"token expired\""
+        );
+        assert!(
+            GatewayError::UpstreamTimeout
+                .into_response()
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! The proxy path: route -> authenticate -> authorize -> forward, in that
+//! order, from one place; every failure becomes a response in `error.rs` and
+//! every request is logged once.
+
+mod echo;
+pub mod forward;
+pub mod headers;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
+use hyper::body::{Body as _, Incoming};
+
+use crate::auth::{VerifiedClaims, bearer};
+use crate::body::{self, Body, Deadline};
+use crate::config::AuthMode;
+use crate::error::GatewayError;
+use crate::routes::Route;
+use crate::state::Snapshot;
+use headers::{Downstream, is_upgrade, set_forwarding, set_identity, strip_hop_by_hop};
+
+/// What the access log line reports about a request.
+#[derive(Default)]
+struct Ctx<'s> {
+    route: Option<&'s str>,
+    caller: Option<Arc<VerifiedClaims>>,
+    upstream_time: Option<Duration>,
+}
+
+/// Serves one request on the proxy path.
+pub async fn handle(req: Request<Incoming>, snap: &Snapshot, peer: SocketAddr) -> Response<Body> {
+    // Copying the method and URI costs a little; only pay it when the access log is on.
+    let log = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
+    let mut ctx = Ctx::default();
+    let rsp = handle_inner(req, snap, peer, &mut ctx)
+        .await
+        .unwrap_or_else(GatewayError::into_response);
+    if let Some((method, uri, started)) = log {
+        tracing::info!(
+            target: "gatehouse::access",
+            method = %method,
+            path = uri.path(),
+            route = ctx.route.unwrap_or("-"),
+            status = rsp.status().as_u16(),
+            upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3),
+            subject = ctx.caller.as_ref().and_then(|c| c.subject()),
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+        );
+    }
+    rsp
+}
+
+async fn handle_inner<'s>(
+    mut req: Request<Incoming>,
+    snap: &'s Snapshot,
+    peer: SocketAddr,
+    ctx: &mut Ctx<'s>,
+) -> Result<Response<Body>, GatewayError> {
+    check_framing(&req)?;
+    let route = snap
+        .routes
+        .find(req.method(), host(&req), req.uri().path())
+        .ok_or(GatewayError::NoRoute)?;
+    ctx.route = Some(&route.path_prefix);
+    let caller = authenticate(req.headers(), route, snap)?;
+    // Issue #4 adds the revocation check here: after the cache, before authorize.
+    if let Some(c) = &caller {
+        route
+            .access
+            .check(c)
+            .map_err(|d| GatewayError::InsufficientScope(d.0))?;
+    }
+    ctx.caller = caller.clone();
+    rewrite_headers(&mut req, snap, peer, caller.as_deref());
+
+    let upstream = &snap.upstreams[route.upstream];
+    let (index, target) = upstream.pick();
+    let Some(authority) = forward::authority(target) else {
+        return Ok(echo::respond(&req, &route.upstream_path(req.uri().path())));
+    };
+    let path_and_query = upstream_path_and_query(route, req.uri())?;
+    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let timeout = snap.config.server.request_timeout;
+    let req = req.map(|b| {
+        if b.is_end_stream() {
+            body::stream(b)
+        } else {
+            body::stream(Deadline::new(b, timeout))
+        }
+    });
+    let started = Instant::now();
+    let rsp = forward::forward(req, upstream, index, authority, path_and_query, upgrade).await;
+    ctx.upstream_time = Some(started.elapsed());
+    rsp
+}
+
+/// Reads the bearer token (if the route wants one) and verifies it, from the
+/// cache when it was verified before.
+fn authenticate(
+    headers: &HeaderMap,
+    route: &Route,
+    snap: &Snapshot,
+) -> Result<Option<Arc<VerifiedClaims>>, GatewayError> {
+    if route.auth == AuthMode::None {
+        return Ok(None);
+    }
+    let token = match bearer::extract(headers) {
+        Ok(Some(token)) => token.as_str(),
+        Ok(None) if route.auth == AuthMode::Optional => return Ok(None),
+        Ok(None) => return Err(GatewayError::MissingToken),
+        Err(_) => return Err(GatewayError::MalformedAuthorization),
+    };
+    if let Some(hit) = snap.cache.get(token) {
+        return Ok(Some(hit));
+    }
+    let claims = snap
+        .verifier
+        .verify(token)
+        .map_err(|r| GatewayError::InvalidToken(r.0))?;
+    let claims = Arc::new(claims);
+    snap.cache.insert(token, Arc::clone(&claims));
+    Ok(Some(claims))
+}
+
+static VIA_10: HeaderValue = HeaderValue::from_static("1.0 gatehouse");
+static VIA_11: HeaderValue = HeaderValue::from_static("1.1 gatehouse");
+static VIA_2: HeaderValue = HeaderValue::from_static("2 gatehouse");
+
+fn rewrite_headers(
+    req: &mut Request<Incoming>,
+    snap: &Snapshot,
+    peer: SocketAddr,
+    caller: Option<&VerifiedClaims>,
+) {
+    let via = match req.version() {
+        Version::HTTP_10 | Version::HTTP_09 => &VIA_10,
+        Version::HTTP_2 | Version::HTTP_3 => &VIA_2,
+        _ => &VIA_11,
+    };
+    let host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let trusted = snap
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(peer.ip()));
+    let upgrade = is_upgrade(req.headers());
+    let h = req.headers_mut();
+    strip_hop_by_hop(h, upgrade);
+    let down = Downstream {
+        peer: peer.ip(),
+        trusted,
+        via,
+    };
+    set_forwarding(h, &down, host.as_ref());
+    set_identity(h, snap.verifier.identity(), caller);
+}
+
+fn upstream_path_and_query(route: &Route, uri: &http::Uri) -> Result<PathAndQuery, GatewayError> {
+    let bad = GatewayError::BadRequest("the request target cannot be forwarded");
+    if !route.strip_prefix {
+        return Ok(uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")));
+    }
+    let path = route.upstream_path(uri.path());
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
+    PathAndQuery::try_from(pq).map_err(|_| bad)
+}
+
+fn host<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+/// Refuses requests whose meaning an upstream could read differently from us:
+/// request smuggling (`Content-Length` with `Transfer-Encoding`) and paths
+/// that escape the matched prefix once the upstream normalizes them.
+fn check_framing<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let h = req.headers();
+    if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
+        return Err(GatewayError::BadRequest(
+            "Content-Length and Transfer-Encoding together",
+        ));
+    }
+    if is_ambiguous_path(req.uri().path()) {
+        return Err(GatewayError::BadRequest(
+            "the path has dot-segments or empty segments",
+        ));
+    }
+    Ok(())
+}
+
+/// `//`, `.`/`..` segments, also percent-encoded (`%2e`) or split by an
+/// encoded slash or backslash: a gateway that routes `/public/../admin` as
+/// `/public/` lets a client reach `/admin` without its checks.
+fn is_ambiguous_path(path: &str) -> bool {
+    if path.contains("//") {
+        return true;
+    }
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' && i + 2 < bytes.len() {
+            let code = [
+                bytes[i + 1].to_ascii_lowercase(),
+                bytes[i + 2].to_ascii_lowercase(),
+            ];
+            let mapped = match &code {
+                b"2e" => Some(b'.'),
+                b"2f" | b"5c" => Some(b'/'),
+                _ => None,
+            };
+            if let Some(m) = mapped {
+                decoded.push(m);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(if b == b'\\' { b'/' } else { b });
+        i += 1;
+    }
+    decoded
+        .split(|&b| b == b'/')
+        .any(|seg| seg == b"." || seg == b"..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ambiguous_paths_are_caught() {
+        for p in [
+            "/a/../b",
+            "/a/./b",
+            "/a/..",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/a/..%2fb",
+            "/a\\..\\b",
+            "//admin",
+            "/a//b",
+        ] {
+            assert!(is_ambiguous_path(p), "{p}");
+        }
+        for p in ["/", "/a/b.json", "/a/..b", "/v1.2/x", "/a%20b", "/a/%2"] {
+            assert!(!is_ambiguous_path(p), "{p}");
+        }
+    }
+}

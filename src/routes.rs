@@ -1,0 +1,156 @@
+//! The route table compiled from `[[routes]]`: longest `path_prefix` first,
+//! then routes naming a `host`, then routes naming `methods`. Matching
+//! allocates nothing.
+
+use http::Method;
+
+use crate::auth::AccessRule;
+use crate::config::{AuthMode, RouteSpec};
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub path_prefix: Box<str>,
+    /// Lower-case, without port.
+    host: Option<Box<str>>,
+    methods: Option<Box<[Method]>>,
+    /// Index into the snapshot's upstreams.
+    pub upstream: usize,
+    pub auth: AuthMode,
+    pub access: AccessRule,
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// In match order.
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(specs: &[RouteSpec]) -> Self {
+        let mut routes: Vec<Route> = specs
+            .iter()
+            .map(|s| Route {
+                path_prefix: s.path_prefix.as_str().into(),
+                host: s.host.as_deref().map(Into::into),
+                methods: s.methods.clone().map(Into::into),
+                upstream: s.upstream,
+                auth: s.auth,
+                access: AccessRule::new(
+                    s.roles_any.clone(),
+                    s.scopes_all.clone(),
+                    s.claims.clone(),
+                ),
+                strip_prefix: s.strip_prefix,
+            })
+            .collect();
+        // Stable: equally specific routes keep their config order.
+        routes.sort_by_key(|r| {
+            (
+                std::cmp::Reverse(r.path_prefix.len()),
+                r.host.is_none(),
+                r.methods.is_none(),
+            )
+        });
+        RouteTable { routes }
+    }
+
+    /// The route for a request, if any. `host` may carry a port.
+    pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Route> {
+        let host = host.map(strip_port);
+        self.routes.iter().find(|r| {
+            path.starts_with(&*r.path_prefix)
+                && r.host
+                    .as_deref()
+                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                && r.methods.as_deref().is_none_or(|ms| ms.contains(method))
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [::1]:8080
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+impl Route {
+    /// The upstream path for `path`: without the prefix when `strip_prefix`.
+    pub fn upstream_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
+        if !self.strip_prefix {
+            return path.into();
+        }
+        let rest = &path[self.path_prefix.len()..];
+        if rest.starts_with('/') {
+            rest.into()
+        } else {
+            format!("/{rest}").into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(
+        prefix: &str,
+        host: Option<&str>,
+        methods: Option<&[&str]>,
+        upstream: usize,
+    ) -> RouteSpec {
+        RouteSpec {
+            path_prefix: prefix.into(),
+            host: host.map(Into::into),
+            methods: methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect()),
+            upstream,
+            auth: AuthMode::Required,
+            roles_any: vec![],
+            scopes_all: vec![],
+            claims: vec![],
+            strip_prefix: false,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_then_host_then_methods() {
+        let t = RouteTable::new(&[
+            spec("/", None, None, 0),
+            spec("/api/", None, None, 1),
+            spec("/api/", Some("a.example"), None, 2),
+            spec("/api/", None, Some(&["POST"]), 3),
+            spec("/api/admin/", None, None, 4),
+        ]);
+        let up = |m: Method, h: Option<&str>, p: &str| t.find(&m, h, p).map(|r| r.upstream);
+        assert_eq!(up(Method::GET, None, "/x"), Some(0));
+        assert_eq!(up(Method::GET, None, "/api/x"), Some(1));
+        assert_eq!(up(Method::GET, Some("A.example:8080"), "/api/x"), Some(2));
+        assert_eq!(up(Method::POST, None, "/api/x"), Some(3));
+        assert_eq!(up(Method::POST, Some("a.example"), "/api/x"), Some(2));
+        assert_eq!(up(Method::GET, Some("a.example"), "/api/admin/x"), Some(4));
+        let none = RouteTable::new(&[spec("/api/", None, None, 0)]);
+        assert!(none.find(&Method::GET, None, "/apx").is_none());
+    }
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash() {
+        let mut s = spec("/api", None, None, 0);
+        s.strip_prefix = true;
+        let t = RouteTable::new(&[s]);
+        let r = t.find(&Method::GET, None, "/api/users").unwrap();
+        assert_eq!(r.upstream_path("/api/users"), "/users");
+        assert_eq!(r.upstream_path("/api"), "/");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+}
