@@ -1,0 +1,458 @@
+//! Shared test harness: a real gateway on 127.0.0.1:0 in front of a real
+//! hyper upstream, keys for every algorithm, token minting, and an HTTP client.
+#![allow(dead_code)] // each test crate uses a different part of the harness
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
+use bytes::Bytes;
+use gatehouse::server::admin::Health;
+use gatehouse::state::{Shared, Snapshot};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// A 64-byte HS256 secret written to `hs.secret` in every gateway's directory.
+pub const HS_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// === keys ===
+
+/// PEM key pairs for every asymmetric family, generated once per test binary.
+pub struct TestKeys {
+    pub rsa_private: String,
+    pub rsa_public: String,
+    pub ec_private: String,
+    pub ec_public: String,
+    pub ed_private: String,
+    pub ed_public: String,
+}
+
+fn pem(tag: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(tag, der.to_vec()))
+}
+
+pub fn keys() -> &'static TestKeys {
+    static KEYS: OnceLock<TestKeys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let rsa_pkcs8 = rsa.as_der().unwrap();
+        let rsa_pub = rsa.public_key().as_der().unwrap();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let ec_pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let ec =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ec_pkcs8.as_ref()).unwrap();
+        let ec_pub = ec.public_key().as_der().unwrap();
+        let ed_pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let ed = Ed25519KeyPair::from_pkcs8(ed_pkcs8.as_ref()).unwrap();
+        let ed_pub = ed.public_key().as_der().unwrap();
+        TestKeys {
+            rsa_private: pem("PRIVATE KEY", rsa_pkcs8.as_ref()),
+            rsa_public: pem("PUBLIC KEY", rsa_pub.as_ref()),
+            ec_private: pem("PRIVATE KEY", ec_pkcs8.as_ref()),
+            ec_public: pem("PUBLIC KEY", ec_pub.as_ref()),
+            ed_private: pem("PRIVATE KEY", ed_pkcs8.as_ref()),
+            ed_public: pem("PUBLIC KEY", ed_pub.as_ref()),
+        }
+    })
+}
+
+/// Signs `claims` with `alg` using the matching test key (HS*: [`HS_SECRET`]).
+pub fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(Into::into);
+    sign_with_header(&header, claims)
+}
+
+pub fn sign_with_header(header: &Header, claims: &Value) -> String {
+    let k = keys();
+    let key = match header.alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            EncodingKey::from_secret(HS_SECRET.as_bytes())
+        }
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => EncodingKey::from_rsa_pem(k.rsa_private.as_bytes()).unwrap(),
+        Algorithm::ES256 | Algorithm::ES384 => {
+            EncodingKey::from_ec_pem(k.ec_private.as_bytes()).unwrap()
+        }
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(k.ed_private.as_bytes()).unwrap(),
+    };
+    jsonwebtoken::encode(header, claims, &key).unwrap()
+}
+
+/// HMAC-SHA256 JWT over arbitrary header JSON, for attacks the encoder refuses to build.
+pub fn hs256_raw(header_json: &Value, claims: &Value, secret: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let signing_input = format!(
+        "{}.{}",
+        b64(header_json.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    let tag = aws_lc_rs::hmac::sign(&key, signing_input.as_bytes());
+    format!("{signing_input}.{}", b64(tag.as_ref()))
+}
+
+/// Claims valid for ten minutes.
+pub fn claims(sub: &str) -> Value {
+    json!({ "sub": sub, "exp": now() + 600, "iat": now() })
+}
+
+// === the gateway ===
+
+/// `[[keys]]` entries for every algorithm: `hs` (HS256), `rs` (RS256), `es`
+/// (ES256), `ed` (EdDSA, private key), written beside the config.
+pub const ALL_KEYS: &str = r#"
+[[keys]]
+id = "hs"
+algorithm = "HS256"
+secret_file = "hs.secret"
+
+[[keys]]
+id = "rs"
+algorithm = "RS256"
+public_key = "rs.pub.pem"
+
+[[keys]]
+id = "es"
+algorithm = "ES256"
+public_key = "es.pub.pem"
+
+[[keys]]
+id = "ed"
+algorithm = "EdDSA"
+private_key = "ed.pem"
+"#;
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub shared: Shared,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl TestGateway {
+    /// Writes the test keys and `config` (with `{upstream}` replaced by
+    /// `http://<upstream addr>` when given) to a new directory, then serves it.
+    pub async fn start(config: &str) -> TestGateway {
+        Self::try_start(config)
+            .await
+            .unwrap_or_else(|e| panic!("config invalid:\n{e}"))
+    }
+
+    pub async fn try_start(config: &str) -> Result<TestGateway, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), config);
+        let snap = Snapshot::load(&path).map_err(|e| e.to_string())?;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared: Shared = Arc::new(ArcSwap::from_pointee(snap));
+        let (tx, rx) = oneshot::channel();
+        let run = gatehouse::server::run(
+            listener,
+            Arc::clone(&shared),
+            Arc::new(Health::default()),
+            async {
+                let _ = rx.await;
+            },
+        );
+        tokio::spawn(run);
+        Ok(TestGateway {
+            addr,
+            shared,
+            dir,
+            shutdown: Some(tx),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Tokens that reached a signature check (cache hits do not).
+    pub fn signature_checks(&self) -> u64 {
+        self.shared.load().verifier.signature_checks()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Writes the key files and `config` as `gateway.toml` in `dir`; returns its path.
+pub fn write_config(dir: &Path, config: &str) -> PathBuf {
+    let k = keys();
+    std::fs::write(dir.join("hs.secret"), HS_SECRET).unwrap();
+    std::fs::write(dir.join("rs.pub.pem"), &k.rsa_public).unwrap();
+    std::fs::write(dir.join("rs.pem"), &k.rsa_private).unwrap();
+    std::fs::write(dir.join("es.pub.pem"), &k.ec_public).unwrap();
+    std::fs::write(dir.join("es.pem"), &k.ec_private).unwrap();
+    std::fs::write(dir.join("ed.pub.pem"), &k.ed_public).unwrap();
+    std::fs::write(dir.join("ed.pem"), &k.ed_private).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// A config with [`ALL_KEYS`], an issuer for tokens without `iss`, and
+/// `routes` (TOML) in front of the upstream at `upstream`.
+pub fn config_with(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+admin_listen = ""
+
+[tokens]
+leeway = "0s"
+{ALL_KEYS}
+[[issuers]]
+keys = ["hs", "rs", "es", "ed"]
+
+[[upstreams]]
+name = "up"
+targets = ["http://{upstream}"]
+timeout = "2s"
+{extra}
+"#
+    )
+}
+
+// === the upstream ===
+
+/// An upstream written for the tests. Paths:
+/// - `/stream/N`: a chunked response of N chunks of 1 KiB, `tokio::task::yield_now` between;
+/// - `/upload`: reads the body frame by frame, answers `{"bytes": n, "frames": f}`;
+/// - `/slow/MS`: waits MS milliseconds, then echoes;
+/// - anything else: `{"method", "path", "query", "headers"}` as JSON.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl TestUpstream {
+    pub async fn start() -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = Arc::clone(&hits);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let h = Arc::clone(&h);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        upstream_respond(req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        TestUpstream { addr, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn upstream_respond(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    if let Some(n) = path.strip_prefix("/stream/") {
+        let n: usize = n.parse().unwrap_or(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tokio::spawn(async move {
+            for _ in 0..n {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(vec![b'x'; 1024]))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let body = StreamBody::new(tokio_stream_from(rx));
+        return Ok(Response::new(BodyExt::boxed(body)));
+    }
+    if path == "/upload" {
+        let mut body = req.into_body();
+        let (mut bytes, mut frames) = (0usize, 0usize);
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Some(d) = frame.data_ref() {
+                bytes += d.len();
+                frames += 1;
+            }
+        }
+        return Ok(json_rsp(json!({ "bytes": bytes, "frames": frames })));
+    }
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    let mut headers = serde_json::Map::new();
+    for name in req.headers().keys() {
+        let values: Vec<Value> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        headers.insert(name.as_str().into(), Value::Array(values));
+    }
+    Ok(json_rsp(json!({
+        "method": req.method().as_str(),
+        "path": path,
+        "query": req.uri().query(),
+        "headers": headers,
+    })))
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_core_stream::Stream<Item = T> {
+    futures_core_stream::from_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A minimal `Stream` over a poll function, so the harness needs no futures crate.
+pub mod futures_core_stream {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    pub use futures_core::Stream;
+
+    pub struct FromFn<F>(F);
+    impl<T, F: FnMut(&mut Context<'_>) -> Poll<Option<T>> + Unpin> Stream for FromFn<F> {
+        type Item = T;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            (self.0)(cx)
+        }
+    }
+    pub fn from_fn<T, F: FnMut(&mut Context<'_>) -> Poll<Option<T>> + Unpin>(f: F) -> FromFn<F> {
+        FromFn(f)
+    }
+}
+
+fn json_rsp(v: Value) -> Response<UpBody> {
+    let mut rsp = Response::new(BodyExt::boxed(Full::new(Bytes::from(v.to_string()))));
+    rsp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    rsp
+}
+
+// === the client ===
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// For an echo from [`TestUpstream`]: the first value of request header `name`.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name][0].as_str().map(String::from)
+    }
+
+    pub fn www_authenticate(&self) -> Option<&str> {
+        self.headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends one request and reads the whole answer.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).unwrap();
+    let rsp = tokio::time::timeout(Duration::from_secs(30), client().request(req))
+        .await
+        .expect("the gateway answered within 30 s")
+        .expect("request sent");
+    let (parts, body) = rsp.into_parts();
+    let body = body.collect().await.expect("body read").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(Method::GET, url, headers, Bytes::new()).await
+}
+
+/// `GET url` with `Authorization: Bearer token`.
+pub async fn get_with_token(url: &str, token: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    get(url, &[("authorization", &auth)]).await
+}
+
+/// Writes `raw` bytes to `addr` and reads until the server closes or 5 s pass.
+pub async fn raw(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
