@@ -8,6 +8,7 @@
 pub mod authorize;
 pub mod bearer;
 pub mod cache;
+pub mod issue;
 pub mod keys;
 pub mod verify;
 

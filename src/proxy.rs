@@ -47,9 +47,9 @@ pub async fn handle(req: Request<Incoming>, snap: &Snapshot, peer: SocketAddr) -
             path = uri.path(),
             route = ctx.route.unwrap_or("-"),
             status = rsp.status().as_u16(),
-            upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3),
+            upstream_us = ctx.upstream_time.map(|d| d.as_micros() as u64),
             subject = ctx.caller.as_ref().and_then(|c| c.subject()),
-            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            total_us = started.elapsed().as_micros() as u64,
         );
     }
     rsp

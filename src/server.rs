@@ -39,6 +39,9 @@ pub async fn serve(snap: Snapshot, config_path: PathBuf) -> std::io::Result<()> 
         tokio::spawn(admin::serve(admin, Arc::clone(&health)));
         tracing::info!(%addr, "admin listener up");
     }
+    if let Some(path) = &snap.generated_key {
+        tracing::info!(path = %path.display(), "signing with the generated Ed25519 key");
+    }
     tracing::info!(addr = %listen, "{}", snap.summary());
     let shared: Shared = Arc::new(ArcSwap::from_pointee(snap));
     signals::reload_on_sighup(Arc::clone(&shared), config_path);

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::keys::{Key, KeySet};
 use super::{Identity, VerifiedClaims};
-use crate::config::{IssuerSpec, KeySpec, TokensConfig};
+use crate::config::{IssuerSpec, TokensConfig};
 
 /// Longer tokens are refused before any decoding (no real access token is near this).
 pub const MAX_TOKEN_BYTES: usize = 8192;
@@ -90,17 +90,15 @@ impl Verifier {
     /// `[[issuers]]` entry.
     pub fn new(
         keys: &KeySet,
-        specs: &[KeySpec],
         issuers: &[IssuerSpec],
         tokens: &TokensConfig,
         identity: Identity,
     ) -> Self {
         let leeway = tokens.leeway.as_secs();
         let claimed = |id: &str| issuers.iter().any(|i| i.keys.iter().any(|k| k == id));
-        let own_keys = specs
+        let own_keys = keys
             .iter()
-            .filter(|s| s.sign || !claimed(&s.id))
-            .filter_map(|s| keys.get(&s.id))
+            .filter(|k| k.sign || !claimed(&k.id))
             .map(|k| {
                 IssuerKey::new(
                     k,
