@@ -3,10 +3,12 @@
 
 pub mod admin;
 mod dispatch;
+mod framing;
 pub mod signals;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +18,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::error::GatewayError;
 use crate::state::{Shared, Snapshot};
 use admin::Health;
 
@@ -49,6 +52,14 @@ pub async fn serve(snap: Snapshot, config_path: PathBuf) -> std::io::Result<()> 
     Ok(())
 }
 
+/// What every connection of a listener is served with, fixed for the
+/// listener's life (a reload changes routes and keys, not these).
+struct ConnSettings {
+    builder: auto::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+}
+
 /// Serves `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish for up to `shutdown_grace`.
 pub async fn run(
@@ -57,12 +68,16 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (builder, limit, grace) = {
+    let (settings, limit, grace) = {
         let snap = shared.load();
         let s = &snap.config.server;
-        (builder(s), s.max_connections, s.shutdown_grace)
+        let settings = ConnSettings {
+            builder: builder(s),
+            header_read_timeout: s.header_read_timeout,
+            max_header_bytes: s.max_header_bytes,
+        };
+        (Arc::new(settings), s.max_connections, s.shutdown_grace)
     };
-    let builder = Arc::new(builder);
     // One permit per open connection: beyond the limit, connections wait in the backlog.
     let permits = Arc::new(Semaphore::new(limit));
     let graceful = GracefulShutdown::new();
@@ -85,24 +100,7 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        // The service captures `Shared`, not a snapshot: keep-alive
-        // connections see a reload on their next request.
-        let shared = Arc::clone(&shared);
-        let svc = service_fn(move |req| {
-            let snap = shared.load_full();
-            async move { Ok::<_, Infallible>(dispatch::dispatch(req, &snap, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-            drop(permit);
-        });
+        spawn_connection(stream, peer, &shared, &settings, &graceful, permit);
     }
     health.set_ready(false);
     drop(listener);
@@ -110,6 +108,64 @@ pub async fn run(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown_grace elapsed with connections still open"),
     }
+}
+
+/// Serves one client connection on its own task; `permit` is released when it ends.
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    settings: &Arc<ConnSettings>,
+    graceful: &GracefulShutdown,
+    permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    // hyper hides a request's Content-Length when it also has
+    // Transfer-Encoding; the reader underneath it sees both (SPEC §4.5: 400).
+    let (stream, framing) = framing::sniff(stream, settings.max_header_bytes);
+    // The service captures `Shared`, not a snapshot: keep-alive
+    // connections see a reload on their next request.
+    let shared = Arc::clone(shared);
+    let seen = Arc::clone(&framing);
+    let svc = service_fn(move |req| {
+        let smuggled = seen.next_request_is_ambiguous();
+        let snap = shared.load_full();
+        async move {
+            if smuggled {
+                tracing::debug!(%peer, "Content-Length with Transfer-Encoding refused");
+                let why = "Content-Length and Transfer-Encoding together";
+                return Ok(GatewayError::BadRequest(why).into_response());
+            }
+            Ok::<_, Infallible>(dispatch::dispatch(req, &snap, peer).await)
+        }
+    });
+    let conn = settings
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    let first_head_timeout = settings.header_read_timeout;
+    tokio::spawn(async move {
+        tokio::pin!(conn);
+        // hyper's own `header_read_timeout` only starts once the connection
+        // is known to be HTTP/1: while the auto builder still reads the first
+        // bytes to tell HTTP/1.1 from the h2c preface, nothing bounds the
+        // wait, so a client that connects and sends nothing (or `PRI` and
+        // stalls) would hold this connection, and its permit, forever. Once a
+        // request has arrived, hyper bounds every later HTTP/1 head itself.
+        let ended = match tokio::time::timeout(first_head_timeout, &mut conn).await {
+            Ok(ended) => ended,
+            Err(_elapsed) if !framing.has_served() => {
+                tracing::debug!(%peer, "no request within header_read_timeout");
+                return; // drops the connection (closing it) and the permit
+            }
+            Err(_elapsed) => conn.await,
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+        drop(permit);
+    });
 }
 
 fn builder(s: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {

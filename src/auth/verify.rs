@@ -57,7 +57,11 @@ fn check_header(h: &Header) -> Result<(), Rejected> {
         return Err(Rejected("unsupported crit header"));
     }
     if let Some(typ) = &h.typ {
-        let typ = typ.trim_start_matches("application/");
+        // RFC 7515 §4.1.9: `typ` may carry the `application/` prefix, in any case.
+        let typ = match typ.get(..12) {
+            Some(p) if p.eq_ignore_ascii_case("application/") => &typ[12..],
+            _ => typ.as_str(),
+        };
         if typ.eq_ignore_ascii_case("rt+jwt") {
             return Err(Rejected("refresh tokens are not accepted here"));
         }
@@ -222,7 +226,12 @@ impl IssuerKey {
             v.set_issuer(&[iss]);
         }
         match auds {
-            Some(auds) => v.set_audience(auds),
+            Some(auds) => {
+                v.set_audience(auds);
+                // jsonwebtoken compares `aud` only when the token carries one:
+                // without this, leaving `aud` out would skip the audience check.
+                v.set_required_spec_claims(&["exp", "aud"]);
+            }
             None => v.validate_aud = false,
         }
         IssuerKey {
@@ -239,6 +248,7 @@ fn reason(kind: &ErrorKind) -> Rejected {
         ErrorKind::ImmatureSignature => "token not yet valid",
         ErrorKind::InvalidIssuer => "wrong issuer",
         ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => "missing aud",
         ErrorKind::MissingRequiredClaim(_) => "missing exp",
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "algorithm not allowed",
         _ => "malformed token",
