@@ -1,0 +1,594 @@
+//! The real binary (SPEC §1, §5): `check` exit codes and `FILE:LINE:COL`
+//! diagnostics, `serve` refusing a bad config, serving, admin health,
+//! SIGTERM draining and SIGHUP reloads.
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use jsonwebtoken::Algorithm;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// An environment variable no test machine sets.
+const UNSET_VAR: &str = "GATEHOUSE_TEST_SURELY_UNSET_9F2C";
+
+/// A valid config; the `check` cases below break one line of it, so the
+/// expected positions can be read off these line numbers.
+const VALID: &str = r#"[server]
+listen = "127.0.0.1:8080"
+admin_listen = ""
+
+[[keys]]
+id = "hs"
+algorithm = "HS256"
+secret_file = "hs.secret"
+
+[[upstreams]]
+name = "api"
+targets = ["builtin:echo"]
+
+[[routes]]
+path_prefix = "/api/"
+upstream = "api"
+"#;
+
+/// `VALID` with the line that is exactly `line` replaced by `with`.
+fn valid_but(line: &str, with: &str) -> String {
+    assert_eq!(VALID.lines().filter(|l| *l == line).count(), 1, "{line}");
+    VALID
+        .lines()
+        .map(|l| if l == line { with } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `gatehouse check -c <dir>/gateway.toml` on `config`.
+async fn check(dir: &Path, config: &str) -> (PathBuf, Output) {
+    let path = write_config(dir, config);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "-c"]).arg(&path).env_remove(UNSET_VAR);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("the binary runs");
+    let out = Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (path, out)
+}
+
+/// Checks that `config` is refused with exactly `expected` diagnostics,
+/// each `(line, col, part of the message)`.
+async fn assert_refused(config: &str, expected: &[(usize, usize, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("short.secret"), "tooshort\n").unwrap();
+    let (path, out) = check(dir.path(), config).await;
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    assert_eq!(out.stdout, "", "nothing on stdout for an invalid config");
+    let file = path.display().to_string();
+    let diags: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("{file}:")) && !l.ends_with(": invalid config"))
+        .collect();
+    assert_eq!(diags.len(), expected.len(), "diagnostics:\n{}", out.stderr);
+    for (diag, (line, col, msg)) in diags.iter().zip(expected) {
+        let prefix = format!("{file}:{line}:{col}: ");
+        assert!(
+            diag.starts_with(&prefix),
+            "want `{prefix}...`, got:\n{diag}"
+        );
+        assert!(diag.contains(msg), "want `{msg}` in:\n{diag}");
+    }
+}
+
+// === check ===
+
+#[tokio::test]
+async fn check_on_a_valid_config_prints_a_summary_exits_0_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, out) = check(dir.path(), VALID).await;
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    let summary = out.stdout.trim_end();
+    assert!(
+        summary.starts_with(&format!("{}: ok", path.display())),
+        "{summary}"
+    );
+    for part in ["127.0.0.1:8080", "1 upstream(s)", "1 route(s)"] {
+        assert!(summary.contains(part), "want `{part}` in: {summary}");
+    }
+    // No key signs, so `serve` would generate one under [state] path; `check` must not.
+    assert!(
+        !dir.path().join("data").exists(),
+        "check wrote the state dir"
+    );
+}
+
+#[tokio::test]
+async fn check_reports_an_unknown_key_where_it_is() {
+    let config = valid_but(r#"admin_listen = """#, r#"admin_lisen = """#);
+    assert_refused(&config, &[(3, 1, "unknown field `admin_lisen`")]).await;
+    let config = valid_but(r#"upstream = "api""#, r#"upstrem = "api""#);
+    assert_refused(&config, &[(16, 1, "unknown field `upstrem`")]).await;
+}
+
+#[tokio::test]
+async fn check_reports_a_bad_duration_at_its_value() {
+    let config = valid_but(
+        r#"listen = "127.0.0.1:8080""#,
+        r#"request_timeout = "30 seconds""#,
+    );
+    assert_refused(&config, &[(2, 19, "duration `30 seconds`")]).await;
+}
+
+#[tokio::test]
+async fn check_reports_a_route_naming_a_missing_upstream() {
+    let config = format!("{VALID}\n[[routes]]\npath_prefix = \"/b/\"\nupstream = \"nope\"\n");
+    assert_refused(&config, &[(20, 12, "unknown upstream `nope`")]).await;
+}
+
+#[tokio::test]
+async fn check_reports_an_upstream_no_route_uses() {
+    let config =
+        format!("{VALID}\n[[upstreams]]\nname = \"spare\"\ntargets = [\"http://127.0.0.1:9\"]\n");
+    assert_refused(
+        &config,
+        &[(19, 8, "upstream `spare` is not used by any route")],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_reports_every_problem_in_file_order() {
+    // Renaming the only route's upstream breaks two things at once.
+    let config = valid_but(r#"upstream = "api""#, r#"upstream = "apii""#);
+    assert_refused(
+        &config,
+        &[
+            (11, 8, "upstream `api` is not used by any route"),
+            (16, 12, "unknown upstream `apii`"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_reports_a_missing_key_file_at_its_path() {
+    let config = valid_but(r#"algorithm = "HS256""#, r#"algorithm = "RS256""#);
+    let config = config.replace(
+        r#"secret_file = "hs.secret""#,
+        r#"public_key = "missing.pem""#,
+    );
+    assert_refused(&config, &[(8, 14, "missing.pem")]).await;
+    let config = valid_but(
+        r#"secret_file = "hs.secret""#,
+        r#"secret_file = "missing.secret""#,
+    );
+    assert_refused(&config, &[(8, 15, "cannot read")]).await;
+}
+
+#[tokio::test]
+async fn check_reports_a_secret_env_that_is_not_set() {
+    let config = valid_but(
+        r#"secret_file = "hs.secret""#,
+        &format!(r#"secret_env = "{UNSET_VAR}""#),
+    );
+    assert_refused(
+        &config,
+        &[(
+            8,
+            14,
+            &format!("environment variable `{UNSET_VAR}` is not set"),
+        )],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_reports_a_secret_shorter_than_32_bytes() {
+    let config = valid_but(
+        r#"secret_file = "hs.secret""#,
+        r#"secret_file = "short.secret""#,
+    );
+    // The trailing newline is not part of the secret: 8 bytes.
+    assert_refused(&config, &[(8, 15, "the secret is 8 bytes")]).await;
+}
+
+#[tokio::test]
+async fn check_reports_invalid_toml_syntax_where_it_is() {
+    let config = valid_but(r#"path_prefix = "/api/""#, r#"path_prefix = /api/"#);
+    assert_refused(&config, &[(15, 15, "quoted")]).await;
+    let config = valid_but("[[routes]]", "[[routes]");
+    assert_refused(&config, &[(14, 10, "expected `]`")]).await;
+}
+
+#[tokio::test]
+async fn check_on_a_missing_file_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.toml");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "-c"]).arg(&path);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:1:1: ", path.display())),
+        "{stderr}"
+    );
+}
+
+// === serve ===
+
+/// A running `gatehouse serve`, killed when dropped. Its stderr (the log)
+/// goes to a file, read back with [`Gatehouse::log`].
+struct Gatehouse {
+    child: Child,
+    log: PathBuf,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Gatehouse {
+    fn spawn(config: &Path, listen: SocketAddr, admin: SocketAddr) -> Gatehouse {
+        let log = config.with_file_name("gatehouse.log");
+        let child = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the binary starts");
+        Gatehouse {
+            child,
+            log,
+            listen,
+            admin,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// The exit status, if the process ends within `limit`.
+    async fn exited_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Writes `config(listen, admin)` into `dir` for two free ports, serves
+    /// it, and waits until both listeners answer. Another process can take a
+    /// port between our probe and the bind: then it retries with new ports.
+    async fn start(dir: &Path, config: impl Fn(SocketAddr, SocketAddr) -> String) -> Gatehouse {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (listen, admin) = free_addrs();
+            let path = write_config(dir, &config(listen, admin));
+            let mut gw = Gatehouse::spawn(&path, listen, admin);
+            match gw.ready().await {
+                Ok(()) => return gw,
+                Err(log) if log.contains("cannot listen") && attempts < 3 => continue,
+                Err(log) => panic!("gatehouse did not start:\n{log}"),
+            }
+        }
+    }
+
+    /// Waits until both listeners answer as gatehouse would: the admin
+    /// `/healthz` with 200, the proxy with a 404 for a path no route has.
+    async fn ready(&mut self) -> Result<(), String> {
+        let limit = Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(format!("exited with {status}:\n{}", self.log()));
+            }
+            let admin = status_of(&self.admin_url("/healthz"), &[]).await;
+            let main = status_of(&self.url("/__ready_probe"), &[]).await;
+            if admin == Some(StatusCode::OK) && main == Some(StatusCode::NOT_FOUND) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not serving after {limit:?}:\n{}", self.log()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Gatehouse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two distinct ports nothing listens on right now (for `listen` and
+/// `admin_listen`): both are held until both are known, or the kernel could
+/// hand out the same port twice.
+fn free_addrs() -> (SocketAddr, SocketAddr) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
+/// The status of `GET url`, or `None` when nothing answers within 5 s.
+async fn status_of(url: &str, headers: &[(&str, &str)]) -> Option<StatusCode> {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::<Bytes>::default()).unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), client().request(req)).await {
+        Ok(Ok(rsp)) => Some(rsp.status()),
+        _ => None,
+    }
+}
+
+/// Polls `probe` every 50 ms until it holds or `limit` passes.
+async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A config in front of `up` on `listen` and `admin`, with `routes`.
+fn serve_config(
+    up: SocketAddr,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    server: &str,
+    routes: &str,
+) -> String {
+    config_with(up, routes)
+        .replacen(
+            "admin_listen = \"\"\n",
+            &format!("listen = \"{listen}\"\nadmin_listen = \"{admin}\"\n{server}\n"),
+            1,
+        )
+        .replace("timeout = \"2s\"", "timeout = \"60s\"")
+}
+
+const ROUTES: &str = r#"
+[[routes]]
+path_prefix = "/public/"
+upstream = "up"
+auth = "none"
+
+[[routes]]
+path_prefix = "/slow/"
+upstream = "up"
+auth = "none"
+
+[[routes]]
+path_prefix = "/api/"
+upstream = "up"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_an_invalid_config_exits_1_without_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = free_addrs();
+    let config = format!(
+        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nlisen = 1\n\n\
+         [[upstreams]]\nname = \"api\"\ntargets = [\"builtin:echo\"]\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\nauth = \"none\"\n"
+    );
+    let path = write_config(dir.path(), &config);
+    let mut gw = Gatehouse::spawn(&path, listen, admin);
+    let status = gw
+        .exited_within(Duration::from_secs(30))
+        .await
+        .expect("serve exits on an invalid config");
+    assert_eq!(status.code(), Some(1));
+    let log = gw.log();
+    assert!(
+        log.contains(&format!("{}:4:1: unknown field `lisen`", path.display())),
+        "{log}"
+    );
+    assert!(std::net::TcpStream::connect(listen).is_err());
+    assert!(std::net::TcpStream::connect(admin).is_err());
+    assert!(
+        !dir.path().join("data").exists(),
+        "an invalid config wrote state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_requests_and_health_checks() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gatehouse::start(dir.path(), |listen, admin| {
+        serve_config(up.addr, listen, admin, "", ROUTES)
+    })
+    .await;
+
+    let r = get(&gw.url("/public/hello"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/public/hello");
+    let token = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
+    let r = get_with_token(&gw.url("/api/x"), &token).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(get(&gw.url("/api/x"), &[]).await.status, 401);
+    assert_eq!(get(&gw.url("/nowhere"), &[]).await.status, 404);
+
+    assert_eq!(get(&gw.admin_url("/healthz"), &[]).await.status, 200);
+    assert_eq!(get(&gw.admin_url("/readyz"), &[]).await.status, 200);
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "still running:\n{}",
+        gw.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gatehouse::start(dir.path(), |listen, admin| {
+        serve_config(up.addr, listen, admin, "shutdown_grace = \"10s\"", ROUTES)
+    })
+    .await;
+
+    let url = gw.url("/slow/1500");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    assert!(
+        eventually(Duration::from_secs(10), || async { up.hits() >= 1 }).await,
+        "the slow request never reached the upstream"
+    );
+    let sent = Instant::now();
+    gw.signal("TERM");
+
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200, "the in-flight request was cut off");
+    let status = gw
+        .exited_within(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("still running 10 s after SIGTERM:\n{}", gw.log()));
+    assert_eq!(status.code(), Some(0), "{}", gw.log());
+    // Drained, not cut: it waited for the request (1.5 s), not for the grace (10 s).
+    assert!(sent.elapsed() < Duration::from_secs(10));
+    assert!(std::net::TcpStream::connect(gw.listen).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_0_after_shutdown_grace_when_a_request_outlasts_it() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gatehouse::start(dir.path(), |listen, admin| {
+        serve_config(up.addr, listen, admin, "shutdown_grace = \"1s\"", ROUTES)
+    })
+    .await;
+
+    let url = gw.url("/slow/60000");
+    let _in_flight = tokio::spawn(async move { status_of(&url, &[]).await });
+    assert!(
+        eventually(Duration::from_secs(10), || async { up.hits() >= 1 }).await,
+        "the slow request never reached the upstream"
+    );
+    let sent = Instant::now();
+    gw.signal("TERM");
+    let status = gw
+        .exited_within(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|| panic!("still running 15 s after SIGTERM:\n{}", gw.log()));
+    assert_eq!(status.code(), Some(0), "{}", gw.log());
+    assert!(
+        sent.elapsed() >= Duration::from_millis(900),
+        "exited after {:?}, before shutdown_grace:\n{}",
+        sent.elapsed(),
+        gw.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_broken() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gatehouse::start(dir.path(), |listen, admin| {
+        serve_config(up.addr, listen, admin, "", ROUTES)
+    })
+    .await;
+    assert_eq!(get(&gw.url("/new/x"), &[]).await.status, 404);
+
+    // A new route.
+    let with_new = format!(
+        "{ROUTES}\n[[routes]]\npath_prefix = \"/new/\"\nupstream = \"up\"\nauth = \"none\"\n"
+    );
+    let new_config = serve_config(up.addr, gw.listen, gw.admin, "", &with_new);
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &new_config).unwrap();
+    gw.signal("HUP");
+    let url = gw.url("/new/x");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            status_of(&url, &[]).await == Some(StatusCode::OK)
+        })
+        .await,
+        "the new route never answered:\n{}",
+        gw.log()
+    );
+
+    // A broken config (which would also drop `/new/`): refused, the old one serves.
+    let broken = new_config.replacen("[server]\n", "[server]\nlisen = 1\n", 1);
+    let broken_line = broken.lines().position(|l| l == "lisen = 1").unwrap() + 1;
+    let broken = broken.replace(&with_new, ROUTES);
+    std::fs::write(&path, &broken).unwrap();
+    gw.signal("HUP");
+    let diag = format!("{}:{broken_line}:1: unknown field `lisen`", path.display());
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            gw.log().contains(&diag)
+        })
+        .await,
+        "the broken config was not reported as `{diag}`:\n{}",
+        gw.log()
+    );
+    assert!(gw.child.try_wait().unwrap().is_none(), "{}", gw.log());
+    assert_eq!(get(&gw.url("/new/x"), &[]).await.status, 200);
+    assert_eq!(get(&gw.url("/public/x"), &[]).await.status, 200);
+    let token = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
+    assert_eq!(get_with_token(&gw.url("/api/x"), &token).await.status, 200);
+    assert_eq!(get(&gw.admin_url("/readyz"), &[]).await.status, 200);
+}

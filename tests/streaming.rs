@@ -1,0 +1,426 @@
+//! Bodies stream both ways without being held whole (SPEC §4 step 5), and
+//! clients that send their request head too slowly are cut off
+//! (`[server] header_read_timeout`).
+mod support;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+
+const MIB: usize = 1 << 20;
+
+/// A protected catch-all route, with an upstream timeout long enough for a
+/// 50 MB upload on a slow machine (the harness default is 2 s).
+async fn gateway(upstream: std::net::SocketAddr) -> TestGateway {
+    let config = config_with(
+        upstream,
+        "[[routes]]\npath_prefix = \"/\"\nupstream = \"up\"\n",
+    )
+    .replace("timeout = \"2s\"", "timeout = \"60s\"");
+    TestGateway::start(&config).await
+}
+
+fn auth() -> String {
+    let token = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
+    format!("Bearer {token}")
+}
+
+/// A request body of `left` copies of one chunk, made as it is sent: the
+/// test holds one chunk, not the whole body.
+struct Chunks {
+    chunk: Bytes,
+    left: usize,
+    /// Announce the length (`Content-Length`) instead of sending it chunked.
+    exact: bool,
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.clone()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.exact {
+            SizeHint::with_exact((self.chunk.len() * self.left) as u64)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+async fn upload_50_mb(exact: bool) {
+    let up = TestUpstream::start().await;
+    let gw = gateway(up.addr).await;
+    let body = Chunks {
+        chunk: Bytes::from(vec![b'u'; 64 * 1024]),
+        left: 800,
+        exact,
+    };
+    let req = Request::post(gw.url("/upload"))
+        .header("authorization", auth())
+        .body(body)
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Chunks>();
+    let rsp = tokio::time::timeout(Duration::from_secs(120), client.request(req))
+        .await
+        .expect("the upload finished within 120 s")
+        .expect("request sent");
+    assert_eq!(rsp.status(), 200);
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    let report: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(report["bytes"], 52_428_800, "{report}");
+    assert!(report["frames"].as_u64().unwrap() > 1, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_chunked_request_body_reaches_the_upstream_whole() {
+    upload_50_mb(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_content_length_request_body_reaches_the_upstream_whole() {
+    upload_50_mb(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_response_of_2000_chunks_arrives_whole() {
+    let up = TestUpstream::start().await;
+    let gw = gateway(up.addr).await;
+    let req = Request::get(gw.url("/stream/2000"))
+        .header("authorization", auth())
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let rsp = client.request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert!(rsp.headers().get("content-length").is_none());
+    let mut body = rsp.into_body();
+    let (mut bytes, mut frames) = (0usize, 0usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("the response body ended cleanly");
+        if let Some(d) = frame.data_ref() {
+            assert!(d.iter().all(|&b| b == b'x'));
+            bytes += d.len();
+            frames += 1;
+        }
+    }
+    assert_eq!(bytes, 2000 * 1024);
+    assert!(frames > 1, "the body arrived in {frames} frame(s)");
+}
+
+/// An upstream whose response sends `first`, then waits for `release`
+/// before sending `second`: a gateway that collected the body before
+/// answering would never deliver `first`.
+async fn held_response_upstream(release: Arc<Notify>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let release = Arc::clone(&release);
+            let svc = service_fn(move |_req: Request<Incoming>| {
+                let release = Arc::clone(&release);
+                async move {
+                    let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+                    tokio::spawn(async move {
+                        let _ = tx.send(Ok(Frame::data(Bytes::from("first")))).await;
+                        release.notified().await;
+                        let _ = tx.send(Ok(Frame::data(Bytes::from("second")))).await;
+                    });
+                    let body =
+                        StreamBody::new(futures_core_stream::from_fn(move |cx| rx.poll_recv(cx)));
+                    Ok::<_, Infallible>(Response::new(body))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bytes_reach_the_client_before_the_upstream_has_finished() {
+    let release = Arc::new(Notify::new());
+    let gw = gateway(held_response_upstream(Arc::clone(&release)).await).await;
+    let req = Request::get(gw.url("/held"))
+        .header("authorization", auth())
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let rsp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("the response head arrived while the body was still open")
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    let mut body = rsp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first chunk arrived while the upstream was still sending")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    release.notify_one();
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("the rest arrived once released")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(rest, "second");
+}
+
+/// An upstream that reports (through `got_first`) as soon as the first
+/// request-body frame arrives, then reads the rest and answers its length.
+async fn early_reading_upstream(got_first: Arc<Notify>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let got_first = Arc::clone(&got_first);
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let got_first = Arc::clone(&got_first);
+                async move {
+                    let mut body = req.into_body();
+                    let mut bytes = 0;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        if let Some(d) = frame.data_ref() {
+                            if bytes == 0 {
+                                got_first.notify_one();
+                            }
+                            bytes += d.len();
+                        }
+                    }
+                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                        bytes.to_string(),
+                    ))))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bytes_reach_the_upstream_before_the_client_has_finished() {
+    let got_first = Arc::new(Notify::new());
+    let gw = gateway(early_reading_upstream(Arc::clone(&got_first)).await).await;
+    let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    let body = StreamBody::new(futures_core_stream::from_fn(move |cx| rx.poll_recv(cx)));
+    let req = Request::post(gw.url("/held"))
+        .header("authorization", auth())
+        .body(body)
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let pending = tokio::spawn(client.request(req));
+
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'a'; MIB]))))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), got_first.notified())
+        .await
+        .expect("the upstream got the first bytes while the client was still sending");
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'b'; MIB]))))
+        .await
+        .unwrap();
+    drop(tx);
+
+    let rsp = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .expect("answered within 30 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, (2 * MIB).to_string());
+}
+
+// === slow clients ===
+
+/// A gateway whose `header_read_timeout` is one second (and whose upstream
+/// timeout is long enough not to matter).
+async fn impatient_gateway(up: &TestUpstream) -> TestGateway {
+    let config = config_with(
+        up.addr,
+        "[[routes]]\npath_prefix = \"/\"\nupstream = \"up\"\nauth = \"none\"\n",
+    )
+    .replacen("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n", 1)
+    .replace("timeout = \"2s\"", "timeout = \"60s\"");
+    TestGateway::start(&config).await
+}
+
+/// Waits up to `limit` for the server to close `s`; returns when it did.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // an error response (408) before the close is fine
+            }
+        }
+    };
+    tokio::time::timeout(limit, closed)
+        .await
+        .ok()
+        .map(|()| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_request_head_is_cut_off_after_header_read_timeout() {
+    let up = TestUpstream::start().await;
+    let gw = impatient_gateway(&up).await;
+    let started = Instant::now();
+    let s = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // Slowloris: a partial head, then one more header line every 200 ms.
+    let trickle = tokio::spawn(async move {
+        if wr
+            .write_all(b"GET /x HTTP/1.1\r\nHost: gw.test\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        for i in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let line = format!("X-Slow-{i}: {i}\r\n");
+            if wr.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(8), rd.read_to_end(&mut buf)).await;
+    let elapsed = started.elapsed();
+    trickle.abort();
+    assert!(
+        closed.is_ok(),
+        "the connection was still open after 8 s: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "closed after {elapsed:?}, before header_read_timeout"
+    );
+    assert_eq!(up.hits(), 0);
+    // The gateway still serves clients that are not slow.
+    assert_eq!(get(&gw.url("/x"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_after_part_of_the_request_line_is_cut_off() {
+    let up = TestUpstream::start().await;
+    let gw = impatient_gateway(&up).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /x HT").await.unwrap();
+    let closed = closed_within(&mut s, Duration::from_secs(8)).await;
+    assert!(closed.is_some(), "the connection was still open after 8 s");
+    assert_eq!(up.hits(), 0);
+}
+
+/// The slowest client of all sends nothing: it must not hold a connection
+/// (and one of `max_connections`) forever either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_connects_and_sends_nothing_is_cut_off() {
+    let up = TestUpstream::start().await;
+    let gw = impatient_gateway(&up).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let closed = closed_within(&mut s, Duration::from_secs(8)).await;
+    assert!(closed.is_some(), "the connection was still open after 8 s");
+}
+
+/// Three bytes of the HTTP/2 preface keep the server guessing between
+/// HTTP/1.1 and h2c: that wait is bounded too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_inside_the_h2_preface_is_cut_off() {
+    let up = TestUpstream::start().await;
+    let gw = impatient_gateway(&up).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"PRI").await.unwrap();
+    let closed = closed_within(&mut s, Duration::from_secs(8)).await;
+    assert!(closed.is_some(), "the connection was still open after 8 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_header_read_timeout() {
+    let up = TestUpstream::start().await;
+    let gw = impatient_gateway(&up).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    // Read the first response head; then send nothing more.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.unwrap());
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200 "));
+    let closed = closed_within(&mut s, Duration::from_secs(8)).await;
+    assert!(closed.is_some(), "the connection was still open after 8 s");
+}
+
+/// The limit is on the request head, not on the exchange: a request whose
+/// upstream takes longer than `header_read_timeout` still gets its answer,
+/// over HTTP/1.1 and h2c alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_slower_than_header_read_timeout_still_gets_its_answer() {
+    let up = TestUpstream::start().await;
+    let gw = impatient_gateway(&up).await;
+    let r = get(&gw.url("/slow/1500"), &[]).await;
+    assert_eq!(r.status, 200);
+
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let req = Request::get(gw.url("/slow/1500"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let rsp = tokio::time::timeout(Duration::from_secs(30), h2.request(req))
+        .await
+        .expect("answered within 30 s")
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(rsp.version(), http::Version::HTTP_2);
+}
