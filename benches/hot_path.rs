@@ -167,7 +167,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("cache_hit", |b| b.iter(|| snap.cache.get(black_box(hs))));
 
     let via = HeaderValue::from_static("1.1 gatehouse");
+    let peer_value = HeaderValue::from_static("127.0.0.1");
     let down = Downstream {
+        peer_value: &peer_value,
         peer: IpAddr::from([127, 0, 0, 1]),
         trusted: false,
         via: &via,

@@ -13,8 +13,6 @@ pub enum GatewayError {
     NoRoute,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    #[error("request header fields too large")]
-    HeadersTooLarge,
     #[error("no bearer token")]
     MissingToken,
     #[error("malformed Authorization header")]
@@ -36,7 +34,6 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::MissingToken => StatusCode::UNAUTHORIZED,
             GatewayError::MalformedAuthorization => StatusCode::BAD_REQUEST,
             GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
@@ -51,7 +48,6 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => ("not_found", "no route matches this request"),
             GatewayError::BadRequest(why) => ("invalid_request", why),
-            GatewayError::HeadersTooLarge => ("invalid_request", "request header fields too large"),
             GatewayError::MissingToken => ("invalid_token", "a bearer token is required"),
             GatewayError::MalformedAuthorization => (
                 "invalid_request",
@@ -81,7 +77,6 @@ impl GatewayError {
             }
             GatewayError::NoRoute
             | GatewayError::BadRequest(_)
-            | GatewayError::HeadersTooLarge
             | GatewayError::UpstreamConnect
             | GatewayError::UpstreamTimeout => None,
         }

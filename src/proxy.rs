@@ -5,6 +5,7 @@
 mod echo;
 pub mod forward;
 pub mod headers;
+mod path;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -21,7 +22,25 @@ use crate::config::AuthMode;
 use crate::error::GatewayError;
 use crate::routes::Route;
 use crate::state::Snapshot;
-use headers::{Downstream, is_upgrade, set_forwarding, set_identity, strip_hop_by_hop};
+use headers::{
+    Downstream, is_upgrade, set_forwarding, set_identity, strip_hop_by_hop,
+    strip_underscore_aliases,
+};
+
+/// The client end of a connection, with what each of its requests reuses.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The address as an `X-Forwarded-For` value, formatted once.
+    value: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let value = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Peer { addr, value }
+    }
+}
 
 /// What the access log line reports about a request.
 #[derive(Default)]
@@ -32,7 +51,7 @@ struct Ctx<'s> {
 }
 
 /// Serves one request on the proxy path.
-pub async fn handle(req: Request<Incoming>, snap: &Snapshot, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(req: Request<Incoming>, snap: &Snapshot, peer: &Peer) -> Response<Body> {
     // Copying the method and URI costs a little; only pay it when the access log is on.
     let log = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
@@ -58,10 +77,10 @@ pub async fn handle(req: Request<Incoming>, snap: &Snapshot, peer: SocketAddr) -
 async fn handle_inner<'s>(
     mut req: Request<Incoming>,
     snap: &'s Snapshot,
-    peer: SocketAddr,
+    peer: &Peer,
     ctx: &mut Ctx<'s>,
 ) -> Result<Response<Body>, GatewayError> {
-    check_path(&req)?;
+    check_request(&req)?;
     let route = snap
         .routes
         .find(req.method(), host(&req), req.uri().path())
@@ -84,7 +103,10 @@ async fn handle_inner<'s>(
         return Ok(echo::respond(&req, &route.upstream_path(req.uri().path())));
     };
     let path_and_query = upstream_path_and_query(route, req.uri())?;
-    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = is_upgrade(req.headers()).then(|| forward::Upgrade {
+        guard: req.extensions_mut().remove::<forward::ConnGuard>(),
+        on: hyper::upgrade::on(&mut req),
+    });
     let timeout = snap.config.server.request_timeout;
     let req = req.map(|b| {
         if b.is_end_stream() {
@@ -134,7 +156,7 @@ static VIA_2: HeaderValue = HeaderValue::from_static("2 gatehouse");
 fn rewrite_headers(
     req: &mut Request<Incoming>,
     snap: &Snapshot,
-    peer: SocketAddr,
+    peer: &Peer,
     caller: Option<&VerifiedClaims>,
 ) {
     let via = match req.version() {
@@ -142,22 +164,28 @@ fn rewrite_headers(
         Version::HTTP_2 | Version::HTTP_3 => &VIA_2,
         _ => &VIA_11,
     };
-    let host = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let ip = peer.addr.ip();
     let trusted = snap
         .config
         .server
         .trusted_proxies
         .iter()
-        .any(|c| c.contains(peer.ip()));
+        .any(|c| c.contains(ip));
     let upgrade = is_upgrade(req.headers());
+    let authority = req.uri().authority().cloned();
     let h = req.headers_mut();
+    if !h.contains_key(header::HOST) {
+        // HTTP/2 clients send :authority instead: it becomes the upstream's Host.
+        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            h.insert(header::HOST, v);
+        }
+    }
+    let host = h.get(header::HOST).cloned();
     strip_hop_by_hop(h, upgrade);
+    strip_underscore_aliases(h, snap.verifier.identity());
     let down = Downstream {
-        peer: peer.ip(),
+        peer: ip,
+        peer_value: &peer.value,
         trusted,
         via,
     };
@@ -188,78 +216,20 @@ fn host<B>(req: &Request<B>) -> Option<&str> {
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 
-/// Refuses paths that escape the matched prefix once the upstream normalizes
-/// them. (`Content-Length` with `Transfer-Encoding` never gets here: hyper
-/// drops the `Content-Length`, so `server::framing` refuses those requests.)
-fn check_path<B>(req: &Request<B>) -> Result<(), GatewayError> {
-    if is_ambiguous_path(req.uri().path()) {
+/// Refuses requests an upstream could read differently from the route
+/// table: ambiguous paths (see `path.rs`) and more than one `Host` (RFC 9112
+/// §3.2: routing would use one, the upstream maybe another).
+/// (`Content-Length` with `Transfer-Encoding` never gets here: hyper drops
+/// the `Content-Length`, so `server::framing` refuses those requests.)
+fn check_request<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    if path::is_ambiguous(req.uri().path()) {
         return Err(GatewayError::BadRequest(
-            "the path has dot-segments or empty segments",
+            "the path has dot-segments, empty segments or encoded characters an upstream could decode",
         ));
     }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(GatewayError::BadRequest("more than one Host header"));
+    }
     Ok(())
-}
-
-/// `//`, `.`/`..` segments, also percent-encoded (`%2e`) or split by an
-/// encoded slash or backslash: a gateway that routes `/public/../admin` as
-/// `/public/` lets a client reach `/admin` without its checks.
-fn is_ambiguous_path(path: &str) -> bool {
-    if path.contains("//") {
-        return true;
-    }
-    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
-        return false;
-    }
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' && i + 2 < bytes.len() {
-            let code = [
-                bytes[i + 1].to_ascii_lowercase(),
-                bytes[i + 2].to_ascii_lowercase(),
-            ];
-            let mapped = match &code {
-                b"2e" => Some(b'.'),
-                b"2f" | b"5c" => Some(b'/'),
-                _ => None,
-            };
-            if let Some(m) = mapped {
-                decoded.push(m);
-                i += 3;
-                continue;
-            }
-        }
-        decoded.push(if b == b'\\' { b'/' } else { b });
-        i += 1;
-    }
-    decoded
-        .split(|&b| b == b'/')
-        .any(|seg| seg == b"." || seg == b"..")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ambiguous_paths_are_caught() {
-        for p in [
-            "/a/../b",
-            "/a/./b",
-            "/a/..",
-            "/a/%2e%2e/b",
-            "/a/%2E./b",
-            "/a/..%2fb",
-            "/a\\..\\b",
-            "//admin",
-            "/a//b",
-        ] {
-            assert!(is_ambiguous_path(p), "{p}");
-        }
-        for p in ["/", "/a/b.json", "/a/..b", "/v1.2/x", "/a%20b", "/a/%2"] {
-            assert!(!is_ambiguous_path(p), "{p}");
-        }
-    }
 }

@@ -58,9 +58,9 @@ impl RouteTable {
 
     /// The route for a request, if any. `host` may carry a port.
     pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Route> {
-        let host = host.map(strip_port);
+        let host = host.map(normalize_host);
         self.routes.iter().find(|r| {
-            path.starts_with(&*r.path_prefix)
+            prefix_matches(&r.path_prefix, path)
                 && r.host
                     .as_deref()
                     .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
@@ -77,6 +77,18 @@ impl RouteTable {
     }
 }
 
+/// `/api/admin/` also matches `/api/admin`: many frameworks route both to
+/// the same handler, which must not fall to a less protected `/api/` route.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix) || (prefix.len() > 1 && prefix.strip_suffix('/') == Some(path))
+}
+
+/// The host without port and without a trailing dot (`Example.com.:80`).
+fn normalize_host(host: &str) -> &str {
+    let h = strip_port(host);
+    h.strip_suffix('.').unwrap_or(h)
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [::1]:8080
@@ -91,7 +103,8 @@ impl Route {
         if !self.strip_prefix {
             return path.into();
         }
-        let rest = &path[self.path_prefix.len()..];
+        // Empty for `/api` matched by `/api/` (see `prefix_matches`).
+        let rest = path.get(self.path_prefix.len()..).unwrap_or("");
         if rest.starts_with('/') {
             rest.into()
         } else {
@@ -152,5 +165,21 @@ mod tests {
         assert_eq!(r.upstream_path("/api/users"), "/users");
         assert_eq!(r.upstream_path("/api"), "/");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn a_prefix_with_a_slash_also_matches_the_path_without_it() {
+        let mut s = spec("/api/admin/", Some("a.example"), None, 1);
+        s.strip_prefix = true;
+        let t = RouteTable::new(&[spec("/api/", None, None, 0), s]);
+        let r = t
+            .find(&Method::GET, Some("A.Example.:443"), "/api/admin")
+            .unwrap();
+        assert_eq!(r.upstream, 1);
+        assert_eq!(r.upstream_path("/api/admin"), "/");
+        assert!(
+            t.find(&Method::GET, None, "/api/adminx")
+                .is_some_and(|r| r.upstream == 0)
+        );
     }
 }

@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::GatewayError;
+use crate::proxy::Peer;
+use crate::proxy::forward::ConnGuard;
 use crate::state::{Shared, Snapshot};
 use admin::Health;
 
@@ -127,16 +129,24 @@ fn spawn_connection(
     // connections see a reload on their next request.
     let shared = Arc::clone(shared);
     let seen = Arc::clone(&framing);
-    let svc = service_fn(move |req| {
+    let client = Arc::new(Peer::new(peer));
+    // Shared with any upgraded tunnel, which outlives the connection task.
+    let permit = Arc::new(permit);
+    let guard = ConnGuard(Arc::clone(&permit) as Arc<dyn std::any::Any + Send + Sync>);
+    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(guard.clone());
+        }
         let smuggled = seen.next_request_is_ambiguous();
         let snap = shared.load_full();
+        let client = Arc::clone(&client);
         async move {
             if smuggled {
                 tracing::debug!(%peer, "Content-Length with Transfer-Encoding refused");
                 let why = "Content-Length and Transfer-Encoding together";
                 return Ok(GatewayError::BadRequest(why).into_response());
             }
-            Ok::<_, Infallible>(dispatch::dispatch(req, &snap, peer).await)
+            Ok::<_, Infallible>(dispatch::dispatch(req, &snap, &client).await)
         }
     });
     let conn = settings

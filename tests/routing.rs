@@ -94,8 +94,11 @@ auth = "none"
     let cases = [
         ("/", "up"),
         ("/other", "up"),
-        ("/api", "up"),
+        // A prefix ending in `/` also matches the path without it, so that
+        // `/api/admin` cannot fall through to a less protected route.
+        ("/api", "b"),
         ("/api/", "b"),
+        ("/api/admin", "c"),
         ("/api/users/7", "b"),
         ("/api/adminx", "b"),
         ("/api/admin/", "c"),

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Header, Validation};
+use jsonwebtoken::{Header, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -78,7 +78,12 @@ struct PeekIss {
 /// rules then verify the token.
 fn peek_iss(token: &str) -> Result<Option<String>, Rejected> {
     let malformed = Rejected("malformed token");
-    let payload = token.split('.').nth(1).ok_or(malformed)?;
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed);
+    };
     let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| malformed)?;
     let peek: PeekIss = serde_json::from_slice(&json).map_err(|_| malformed)?;
     match peek.iss {
@@ -187,7 +192,7 @@ impl Verifier {
         }
         let exp = claims
             .get("exp")
-            .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)))
+            .and_then(Value::as_u64)
             .ok_or(Rejected("missing exp"))?;
         VerifiedClaims::build(claims, exp, &self.identity).map_err(Rejected)
     }
@@ -253,22 +258,4 @@ fn reason(kind: &ErrorKind) -> Rejected {
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "algorithm not allowed",
         _ => "malformed token",
     })
-}
-
-/// The algorithms a key set can verify, for summaries.
-pub fn algorithm_name(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::HS256 => "HS256",
-        Algorithm::HS384 => "HS384",
-        Algorithm::HS512 => "HS512",
-        Algorithm::RS256 => "RS256",
-        Algorithm::RS384 => "RS384",
-        Algorithm::RS512 => "RS512",
-        Algorithm::PS256 => "PS256",
-        Algorithm::PS384 => "PS384",
-        Algorithm::PS512 => "PS512",
-        Algorithm::ES256 => "ES256",
-        Algorithm::ES384 => "ES384",
-        Algorithm::EdDSA => "EdDSA",
-    }
 }

@@ -18,6 +18,9 @@ impl Dur {
     }
 }
 
+/// Ten years: longer durations overflow `Instant` arithmetic in timers.
+const MAX_SECS: u64 = 3650 * 86_400;
+
 /// Parses `"250ms"`, `"30s"`, `"15m"`, `"12h"`, `"7d"`.
 ///
 /// # Errors
@@ -33,11 +36,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("duration `{s}` must start with a whole number (e.g. \"30s\")"))?;
     let secs = |mult: u64| {
         n.checked_mul(mult)
+            .filter(|secs| *secs <= MAX_SECS)
             .map(Duration::from_secs)
-            .ok_or_else(|| format!("duration `{s}` is too large"))
+            .ok_or_else(|| format!("duration `{s}` is too large (at most 3650d)"))
     };
     match unit {
-        "ms" => Ok(Duration::from_millis(n)),
+        "ms" if n <= MAX_SECS * 1000 => Ok(Duration::from_millis(n)),
+        "ms" => Err(format!("duration `{s}` is too large (at most 3650d)")),
         "s" => secs(1),
         "m" => secs(60),
         "h" => secs(3600),

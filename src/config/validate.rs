@@ -468,7 +468,26 @@ fn routes(
                 })
                 .collect::<Vec<_>>()
         });
-        let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
+        let host = r.host.as_ref().map(|h| {
+            let h = h.to_ascii_lowercase();
+            h.strip_suffix('.').map(str::to_string).unwrap_or(h)
+        });
+        if host
+            .as_ref()
+            .is_some_and(|h| h.contains(':') && !h.starts_with('['))
+        {
+            d.at(
+                Some(&span),
+                "route `host` must not carry a port (the port is ignored when matching)",
+            );
+        }
+        let has_rules = !r.roles_any.is_empty() || !r.scopes_all.is_empty() || !r.claims.is_empty();
+        if has_rules && r.auth != AuthMode::Required {
+            d.at(
+                Some(&span),
+                "roles_any, scopes_all and claims need auth = \"required\": a request without a token would skip them",
+            );
+        }
         let mut key_methods: Vec<String> =
             methods.iter().flatten().map(|m| m.to_string()).collect();
         key_methods.sort();

@@ -4,8 +4,10 @@
 //! timeout is 504. Bodies stream both ways. A `101 Switching Protocols`
 //! answer to an upgrade request joins the two upgraded connections.
 
+use std::any::Any;
 use std::error::Error as _;
 use std::io;
+use std::sync::Arc;
 
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
@@ -18,6 +20,18 @@ use crate::body::{self, Body};
 use crate::config::Target;
 use crate::error::GatewayError;
 
+/// Keeps what the client connection holds (its `max_connections` permit)
+/// alive for as long as an upgraded tunnel made from it runs. The server
+/// puts one in the extensions of requests that ask for an upgrade.
+#[derive(Clone)]
+pub struct ConnGuard(pub Arc<dyn Any + Send + Sync>);
+
+/// The client side of an upgrade request.
+pub struct Upgrade {
+    pub on: hyper::upgrade::OnUpgrade,
+    pub guard: Option<ConnGuard>,
+}
+
 /// Sends `req` (headers already rewritten) to `target` of `upstream`.
 ///
 /// # Errors
@@ -28,7 +42,7 @@ pub async fn forward(
     target_index: usize,
     authority: &http::uri::Authority,
     path_and_query: PathAndQuery,
-    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    downstream_upgrade: Option<Upgrade>,
 ) -> Result<Response<Body>, GatewayError> {
     let uri = Uri::builder()
         .scheme(Scheme::HTTP)
@@ -47,8 +61,12 @@ pub async fn forward(
 
     let sent = tokio::time::timeout(upstream.timeout, upstream.client.request(req)).await;
     let mut rsp = match sent {
-        Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
+        Err(_elapsed) => {
+            tracing::warn!(upstream = %upstream.name, target = %authority, "upstream timed out");
+            return Err(GatewayError::UpstreamTimeout);
+        }
         Ok(Err(e)) => {
+            tracing::warn!(upstream = %upstream.name, target = %authority, error = %e, "upstream request failed");
             if e.is_connect() {
                 upstream.eject(target_index);
             }
@@ -71,8 +89,9 @@ pub async fn forward(
 }
 
 /// Copies bytes both ways between the two upgraded connections until either closes.
-async fn join_upgraded(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
-    let (down, up) = match tokio::try_join!(down, up) {
+async fn join_upgraded(down: Upgrade, up: hyper::upgrade::OnUpgrade) {
+    let _guard = down.guard;
+    let (down, up) = match tokio::try_join!(down.on, up) {
         Ok(pair) => pair,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
@@ -89,10 +108,10 @@ async fn join_upgraded(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUp
 fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
     let mut source = e.source();
     while let Some(s) = source {
-        let io_timeout = s
-            .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut);
-        if io_timeout || s.to_string().contains("timed out") {
+        // hyper-util's connector reports its connect_timeout as io::ErrorKind::TimedOut.
+        if s.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
             return true;
         }
         source = s.source();

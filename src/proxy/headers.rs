@@ -37,23 +37,26 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE) && connection_has(h, "upgrade")
 }
 
-fn connection_has(h: &HeaderMap, token: &str) -> bool {
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
     h.get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+}
+
+fn connection_has(h: &HeaderMap, token: &str) -> bool {
+    connection_tokens(h).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Drops hop-by-hop headers; keeps `Upgrade` + `Connection: upgrade` when `upgrade`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    // `Connection: keep-alive` / `close` / `upgrade` name nothing outside the
+    // fixed set below: collect names only when the client named others.
+    let fixed = ["keep-alive", "close", "upgrade"];
+    if connection_tokens(h).any(|t| !fixed.iter().any(|f| t.eq_ignore_ascii_case(f))) {
+        let named: Vec<HeaderName> = connection_tokens(h)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             if !(upgrade && name == header::UPGRADE) {
@@ -74,6 +77,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
 /// What the forwarding headers need to know about the downstream connection.
 pub struct Downstream<'a> {
     pub peer: IpAddr,
+    /// `peer` as a header value, made once per connection.
+    pub peer_value: &'a HeaderValue,
     /// The peer is in `trusted_proxies`: its forwarding headers are kept.
     pub trusted: bool,
     /// `Via` for this request's HTTP version.
@@ -83,8 +88,7 @@ pub struct Downstream<'a> {
 /// Sets `Via`, `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
 pub fn set_forwarding(h: &mut HeaderMap, down: &Downstream<'_>, host: Option<&HeaderValue>) {
     h.append(header::VIA, down.via.clone());
-    let peer = HeaderValue::from_str(&down.peer.to_string())
-        .expect("an IP address is a valid header value");
+    let peer = down.peer_value.clone();
     let prior: Option<String> = if down.trusted {
         let parts: Vec<&str> = h
             .get_all(&X_FORWARDED_FOR)
@@ -114,6 +118,43 @@ pub fn set_forwarding(h: &mut HeaderMap, down: &Downstream<'_>, host: Option<&He
             }
         }
     }
+}
+
+/// Removes headers spelled with `_` where a header the gateway sets has `-`
+/// (`X_Auth_Subject`): CGI/WSGI/Rack-style servers map both to the same
+/// variable, so they would let a client forge identity or forwarding headers.
+pub fn strip_underscore_aliases(h: &mut HeaderMap, ids: &Identity) {
+    if !h.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let forwarding = [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &FORWARDED,
+    ];
+    let aliases: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.contains('_')
+                && (forwarding.iter().any(|p| is_alias(k, p.as_str()))
+                    || ids.header_names().iter().any(|p| is_alias(k, p.as_str())))
+        })
+        .cloned()
+        .collect();
+    for name in aliases {
+        h.remove(name);
+    }
+}
+
+/// `name` equals `of` once its `_` are read as `-` (both lower-case).
+fn is_alias(name: &str, of: &str) -> bool {
+    name.len() == of.len()
+        && name
+            .bytes()
+            .zip(of.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
 }
 
 /// Removes every identity header the client sent, then sets those of `claims`.
@@ -162,6 +203,14 @@ mod tests {
     }
 
     #[test]
+    fn underscore_spellings_are_aliases() {
+        assert!(is_alias("x_auth_subject", "x-auth-subject"));
+        assert!(is_alias("x_forwarded-for", "x-forwarded-for"));
+        assert!(!is_alias("x_auth_subjects", "x-auth-subject"));
+        assert!(!is_alias("x_other", "x-auth-subject"));
+    }
+
+    #[test]
     fn an_upgrade_keeps_upgrade_and_connection() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade(&h));
@@ -174,11 +223,13 @@ mod tests {
     fn xff_is_replaced_unless_the_peer_is_trusted() {
         let via = HeaderValue::from_static("1.1 gatehouse");
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let peer_value = HeaderValue::from_static("10.0.0.1");
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4")]);
         set_forwarding(
             &mut h,
             &Downstream {
                 peer,
+                peer_value: &peer_value,
                 trusted: false,
                 via: &via,
             },
@@ -194,6 +245,7 @@ mod tests {
             &mut h,
             &Downstream {
                 peer,
+                peer_value: &peer_value,
                 trusted: true,
                 via: &via,
             },
