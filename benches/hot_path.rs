@@ -5,12 +5,12 @@
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
 use criterion::{Criterion, criterion_group, criterion_main};
-use gatehouse::auth::bearer;
+use gatehouse::auth::{ClaimsCache, bearer};
 use gatehouse::proxy::headers::{Downstream, set_forwarding, set_identity, strip_hop_by_hop};
 use gatehouse::state::Snapshot;
 use http::{HeaderMap, HeaderValue, Method};
@@ -165,6 +165,15 @@ fn bench(c: &mut Criterion) {
     let claims = Arc::new(snap.verifier.verify(hs).unwrap());
     snap.cache.insert(hs, Arc::clone(&claims));
     c.bench_function("cache_hit", |b| b.iter(|| snap.cache.get(black_box(hs))));
+
+    // A full cache of 1,000 taking a new token on every request (the miss
+    // path of `TOKEN_POOL=20000` with a small cache): insert plus eviction.
+    let small = ClaimsCache::new(1000, Duration::from_secs(300));
+    let keys: Vec<String> = (0..20_000).map(|i| format!("{hs}{i}")).collect();
+    let mut next = keys.iter().cycle();
+    c.bench_function("cache_insert_evicting", |b| {
+        b.iter(|| small.insert(next.next().unwrap(), Arc::clone(&claims)))
+    });
 
     let via = HeaderValue::from_static("1.1 gatehouse");
     let peer_value = HeaderValue::from_static("127.0.0.1");
