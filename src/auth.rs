@@ -9,7 +9,9 @@ pub mod authorize;
 pub mod bearer;
 pub mod cache;
 pub mod issue;
+pub mod keygen;
 pub mod keys;
+pub mod password;
 pub mod verify;
 
 use base64::Engine;

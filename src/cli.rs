@@ -27,6 +27,19 @@ pub enum Command {
     Check,
     /// Mint an access token with the configured signing key (ops and load tests).
     Token(TokenArgs),
+    /// Read a password from stdin, print an argon2id PHC string for the users file.
+    HashPassword,
+    /// Write a new signing key (PEM, or a random secret for HS256) with 0600 permissions.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    #[arg(long, value_enum)]
+    pub alg: crate::auth::keygen::KeygenAlg,
+    /// Directory for the key files (created if missing; existing files are never overwritten).
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

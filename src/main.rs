@@ -1,13 +1,19 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gatehouse::cli::{Cli, Command, TokenArgs};
+use gatehouse::cli::{Cli, Command, KeygenArgs, TokenArgs};
 use gatehouse::state::Snapshot;
 use gatehouse::{auth, server, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
+    // These two need no config.
+    match &command {
+        Command::HashPassword => return hash_password(),
+        Command::Keygen(args) => return keygen(args),
+        _ => {}
+    }
     let loaded = match command {
         Command::Check => Snapshot::check(&cli.config),
         _ => Snapshot::load(&cli.config),
@@ -27,6 +33,48 @@ fn main() -> ExitCode {
         }
         Command::Token(args) => token(&snap, &args),
         Command::Serve => serve(snap, cli.config),
+        Command::HashPassword | Command::Keygen(_) => {
+            unreachable!("handled before loading the config")
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("cannot read the password from stdin: {e}");
+        return ExitCode::from(1);
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!(
+            "empty password (give it on stdin: `printf %s \"$PW\" | gatehouse hash-password`)"
+        );
+        return ExitCode::from(1);
+    }
+    match auth::password::hash(password.as_bytes()) {
+        Ok(phc) => {
+            println!("{phc}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot hash: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn keygen(args: &KeygenArgs) -> ExitCode {
+    match auth::keygen::generate(args.alg, &args.out) {
+        Ok(entry) => {
+            print!("{entry}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keygen: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
