@@ -5,18 +5,18 @@
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
 use criterion::{Criterion, criterion_group, criterion_main};
 use gatehouse::auth::{ClaimsCache, bearer};
 use gatehouse::proxy::headers::{Downstream, set_forwarding, set_identity, strip_hop_by_hop};
 use gatehouse::state::Snapshot;
 use http::{HeaderMap, HeaderValue, Method};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+// The integration tests' harness: keys for every algorithm, config files, signing.
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 struct Fixture {
     snap: Snapshot,
@@ -24,45 +24,13 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-fn pem(tag: &str, der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new(tag, der.to_vec()))
-}
-
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    let files = [
-        ("hs.secret", SECRET.to_string()),
-        ("rs.pem", pem("PRIVATE KEY", rsa.as_der().unwrap().as_ref())),
-        ("es.pem", pem("PRIVATE KEY", ec.as_ref())),
-        ("ed.pem", pem("PRIVATE KEY", ed.as_ref())),
-    ];
-    for (name, text) in &files {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    let config = r#"
+    let routes = r#"
 [server]
 admin_listen = ""
-[[keys]]
-id = "hs"
-algorithm = "HS256"
-secret_file = "hs.secret"
-sign = true
-[[keys]]
-id = "rs"
-algorithm = "RS256"
-private_key = "rs.pem"
-[[keys]]
-id = "es"
-algorithm = "ES256"
-private_key = "es.pem"
-[[keys]]
-id = "ed"
-algorithm = "EdDSA"
-private_key = "ed.pem"
+[[issuers]]
+keys = ["hs", "rs", "es", "ed"]
 [[upstreams]]
 name = "up"
 targets = ["http://127.0.0.1:9"]
@@ -82,46 +50,19 @@ path_prefix = "/static/"
 upstream = "up"
 auth = "none"
 "#;
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, config).unwrap();
+    let path = support::write_config(dir.path(), &format!("{}{routes}", support::ALL_KEYS));
     let snap = Snapshot::load(&path).unwrap();
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    let claims = serde_json::json!({
-        "iss": "gatehouse", "aud": "api", "sub": "42", "exp": exp,
-        "roles": ["user"], "email": "alice@example.com",
-    });
+    let mut claims = support::claims("42");
+    claims["roles"] = serde_json::json!(["user"]);
+    claims["email"] = serde_json::json!("alice@example.com");
     let tokens = [
-        (
-            Algorithm::HS256,
-            "hs",
-            EncodingKey::from_secret(SECRET.as_bytes()),
-        ),
-        (
-            Algorithm::RS256,
-            "rs",
-            EncodingKey::from_rsa_pem(files[1].1.as_bytes()).unwrap(),
-        ),
-        (
-            Algorithm::ES256,
-            "es",
-            EncodingKey::from_ec_pem(files[2].1.as_bytes()).unwrap(),
-        ),
-        (
-            Algorithm::EdDSA,
-            "ed",
-            EncodingKey::from_ed_pem(files[3].1.as_bytes()).unwrap(),
-        ),
+        (Algorithm::HS256, "hs"),
+        (Algorithm::RS256, "rs"),
+        (Algorithm::ES256, "es"),
+        (Algorithm::EdDSA, "ed"),
     ]
     .into_iter()
-    .map(|(alg, kid, key)| {
-        let mut h = Header::new(alg);
-        h.kid = Some(kid.into());
-        (alg, jsonwebtoken::encode(&h, &claims, &key).unwrap())
-    })
+    .map(|(alg, kid)| (alg, support::sign(alg, Some(kid), &claims)))
     .collect();
     Fixture {
         snap,

@@ -94,8 +94,10 @@ async fn handle_inner<'s>(
             .check(c)
             .map_err(|d| GatewayError::InsufficientScope(d.0))?;
     }
-    ctx.caller = caller.clone();
-    rewrite_headers(&mut req, snap, peer, caller.as_deref());
+    ctx.caller = caller;
+    // Read before the hop-by-hop headers go: they carry the upgrade request.
+    let upgrade = is_upgrade(req.headers());
+    rewrite_headers(&mut req, snap, peer, ctx.caller.as_deref(), upgrade);
 
     let upstream = &snap.upstreams[route.upstream];
     let (index, target) = upstream.pick();
@@ -103,7 +105,7 @@ async fn handle_inner<'s>(
         return Ok(echo::respond(&req, &route.upstream_path(req.uri().path())));
     };
     let path_and_query = upstream_path_and_query(route, req.uri())?;
-    let upgrade = is_upgrade(req.headers()).then(|| forward::Upgrade {
+    let upgrade = upgrade.then(|| forward::Upgrade {
         guard: req.extensions_mut().remove::<forward::ConnGuard>(),
         on: hyper::upgrade::on(&mut req),
     });
@@ -158,6 +160,7 @@ fn rewrite_headers(
     snap: &Snapshot,
     peer: &Peer,
     caller: Option<&VerifiedClaims>,
+    upgrade: bool,
 ) {
     let via = match req.version() {
         Version::HTTP_10 | Version::HTTP_09 => &VIA_10,
@@ -171,7 +174,6 @@ fn rewrite_headers(
         .trusted_proxies
         .iter()
         .any(|c| c.contains(ip));
-    let upgrade = is_upgrade(req.headers());
     let authority = req.uri().authority().cloned();
     let h = req.headers_mut();
     if !h.contains_key(header::HOST) {

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::Algorithm;
@@ -120,32 +119,19 @@ async fn a_header_named_in_a_keep_alive_connection_header_is_not_forwarded() {
 
 /// An upstream whose every answer carries hop-by-hop headers.
 async fn hop_by_hop_upstream() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let svc = service_fn(|_req: Request<Incoming>| async {
-                let rsp = Response::builder()
-                    .header("connection", "X-Internal")
-                    .header("x-internal", "upstream-secret")
-                    .header("keep-alive", "timeout=5")
-                    .header("proxy-authenticate", "Basic realm=\"internal\"")
-                    .header("upgrade", "h2c")
-                    .header("x-kept", "end-to-end")
-                    .body(Full::new(Bytes::from_static(b"ok")))
-                    .unwrap();
-                Ok::<_, std::convert::Infallible>(rsp)
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
-        }
-    });
-    addr
+    serve_upstream(|_req: Request<Incoming>| async {
+        let rsp = Response::builder()
+            .header("connection", "X-Internal")
+            .header("x-internal", "upstream-secret")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic realm=\"internal\"")
+            .header("upgrade", "h2c")
+            .header("x-kept", "end-to-end")
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(rsp)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -593,27 +579,13 @@ struct UpgradeUpstream {
 
 impl UpgradeUpstream {
     async fn start() -> UpgradeUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&heads);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let seen = Arc::clone(&seen);
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    seen.lock().unwrap().push(req.headers().clone());
-                    upgrade_and_echo(req)
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades(),
-                );
-            }
-        });
+        let addr = serve_upstream(move |req: Request<Incoming>| {
+            seen.lock().unwrap().push(req.headers().clone());
+            upgrade_and_echo(req)
+        })
+        .await;
         UpgradeUpstream { addr, heads }
     }
 

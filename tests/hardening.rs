@@ -93,3 +93,94 @@ async fn access_rules_on_a_route_without_required_auth_are_a_config_error() {
         .expect("refused");
     assert!(err.contains("need auth = \"required\""), "{err}");
 }
+
+/// One issuer with an audience, verified by the `hs` key.
+fn idp_config(up: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+admin_listen = ""
+
+[tokens]
+leeway = "0s"
+{ALL_KEYS}
+[[issuers]]
+issuer = "idp"
+audiences = ["api"]
+keys = ["hs"]
+
+[[upstreams]]
+name = "up"
+targets = ["http://{up}"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "up"
+"#
+    )
+}
+
+#[tokio::test]
+async fn claims_of_the_wrong_type_or_shape_are_401() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&idp_config(up.addr)).await;
+    let base = || {
+        let mut c = claims("alice");
+        c["iss"] = "idp".into();
+        c["aud"] = "api".into();
+        c
+    };
+    let expect = |token: String, status: u16, why: &'static str| {
+        let url = gw.url("/x");
+        async move {
+            let r = get_with_token(&url, &token).await;
+            assert_eq!(
+                r.status,
+                status,
+                "{why}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+    };
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = base();
+        c[k] = v;
+        sign(Algorithm::HS256, Some("hs"), &c)
+    };
+    expect(
+        with("aud", serde_json::json!(["other", "api"])),
+        200,
+        "aud array naming api",
+    )
+    .await;
+    expect(
+        with("aud", serde_json::json!(["other"])),
+        401,
+        "aud array without api",
+    )
+    .await;
+    expect(with("aud", serde_json::json!(5)), 401, "aud not a string").await;
+    expect(
+        with("exp", serde_json::json!("9999999999")),
+        401,
+        "exp as a string",
+    )
+    .await;
+    expect(
+        with("exp", serde_json::json!(9_999_999_999.5)),
+        401,
+        "exp as a float",
+    )
+    .await;
+    expect(with("nbf", serde_json::json!("0")), 401, "nbf as a string").await;
+    expect(
+        with("iss", serde_json::json!(["idp"])),
+        401,
+        "iss not a string",
+    )
+    .await;
+    let good = sign(Algorithm::HS256, Some("hs"), &base());
+    expect(format!("{good}.extra"), 401, "four segments").await;
+    expect(good, 200, "control").await;
+    assert_eq!(up.hits(), 2);
+}

@@ -13,14 +13,13 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
 const MIB: usize = 1 << 20;
@@ -142,35 +141,20 @@ async fn a_chunked_response_of_2000_chunks_arrives_whole() {
 /// before sending `second`: a gateway that collected the body before
 /// answering would never deliver `first`.
 async fn held_response_upstream(release: Arc<Notify>) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let release = Arc::clone(&release);
-            let svc = service_fn(move |_req: Request<Incoming>| {
-                let release = Arc::clone(&release);
-                async move {
-                    let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
-                    tokio::spawn(async move {
-                        let _ = tx.send(Ok(Frame::data(Bytes::from("first")))).await;
-                        release.notified().await;
-                        let _ = tx.send(Ok(Frame::data(Bytes::from("second")))).await;
-                    });
-                    let body =
-                        StreamBody::new(futures_core_stream::from_fn(move |cx| rx.poll_recv(cx)));
-                    Ok::<_, Infallible>(Response::new(body))
-                }
+    serve_upstream(move |_req: Request<Incoming>| {
+        let release = Arc::clone(&release);
+        async move {
+            let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from("first")))).await;
+                release.notified().await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from("second")))).await;
             });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
+            let body = StreamBody::new(futures_core_stream::from_fn(move |cx| rx.poll_recv(cx)));
+            Ok::<_, Infallible>(Response::new(body))
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,39 +190,25 @@ async fn response_bytes_reach_the_client_before_the_upstream_has_finished() {
 /// An upstream that reports (through `got_first`) as soon as the first
 /// request-body frame arrives, then reads the rest and answers its length.
 async fn early_reading_upstream(got_first: Arc<Notify>) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let got_first = Arc::clone(&got_first);
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let got_first = Arc::clone(&got_first);
-                async move {
-                    let mut body = req.into_body();
-                    let mut bytes = 0;
-                    while let Some(Ok(frame)) = body.frame().await {
-                        if let Some(d) = frame.data_ref() {
-                            if bytes == 0 {
-                                got_first.notify_one();
-                            }
-                            bytes += d.len();
-                        }
+    serve_upstream(move |req: Request<Incoming>| {
+        let got_first = Arc::clone(&got_first);
+        async move {
+            let mut body = req.into_body();
+            let mut bytes = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(d) = frame.data_ref() {
+                    if bytes == 0 {
+                        got_first.notify_one();
                     }
-                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
-                        bytes.to_string(),
-                    ))))
+                    bytes += d.len();
                 }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
+            }
+            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                bytes.to_string(),
+            ))))
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

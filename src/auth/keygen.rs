@@ -1,8 +1,7 @@
 //! `gatehouse keygen`: new signing keys as files for `[[keys]]`, mode 0600,
 //! never overwriting an existing file.
 
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::encoding::AsDer;
@@ -97,13 +96,7 @@ pub fn generate(alg: KeygenAlg, dir: &Path) -> io::Result<String> {
 }
 
 fn write_new(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    super::keys::write_private(path, bytes)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
     Ok(path.to_path_buf())
 }

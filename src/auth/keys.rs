@@ -148,12 +148,21 @@ fn write_new_key(dir: &Path, path: &Path, der: &[u8]) -> io::Result<()> {
         .mode(0o700)
         .create(dir)?;
     let text = pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec()));
+    write_private(path, text.as_bytes())
+}
+
+/// Writes key material to a new file readable by its owner only (0600),
+/// durably; an existing file is never replaced (`AlreadyExists`).
+///
+/// # Errors
+/// When `path` exists or cannot be written.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(text.as_bytes())?;
+    f.write_all(bytes)?;
     f.sync_all()
 }
 
