@@ -9,6 +9,7 @@ pub mod authorize;
 pub mod bearer;
 pub mod cache;
 pub mod issue;
+pub mod jwks;
 pub mod keygen;
 pub mod keys;
 pub mod password;
@@ -24,7 +25,7 @@ use crate::config::IdentityConfig;
 pub use authorize::{AccessRule, Denied};
 pub use bearer::{BearerToken, Malformed};
 pub use cache::ClaimsCache;
-pub use verify::{Rejected, Verifier};
+pub use verify::{RefreshClaims, Rejected, Verifier};
 
 /// The claims of a token whose signature and time/issuer/audience checks
 /// passed, with the identity headers for upstreams computed once, so a cache
@@ -35,6 +36,13 @@ pub struct VerifiedClaims {
     /// `exp` in seconds since the epoch: the cache never keeps it longer.
     exp: u64,
     subject: Option<Box<str>>,
+    /// `jti` (or, for a token without one, `#` and a digest of the token),
+    /// and `iat`: what logout revokes and the proxy checks after a cache hit.
+    jti: Option<Box<str>>,
+    iat: Option<u64>,
+    /// The refresh family an access token of this gateway was issued from
+    /// (the part of its `jti` before the `.`).
+    family: Option<Box<str>>,
     roles: Box<[Box<str>]>,
     scopes: Box<[Box<str>]>,
     /// What upstreams receive about the caller (`[identity]`).
@@ -47,7 +55,13 @@ impl VerifiedClaims {
     /// # Errors
     /// When a value that must become a header holds characters no header may
     /// carry (the token is then refused rather than forwarded without identity).
-    fn build(claims: Map<String, Value>, exp: u64, ids: &Identity) -> Result<Self, &'static str> {
+    fn build(
+        token: &str,
+        claims: Map<String, Value>,
+        exp: u64,
+        own: bool,
+        ids: &Identity,
+    ) -> Result<Self, &'static str> {
         let subject: Option<Box<str>> = match claims.get("sub") {
             Some(Value::String(s)) => Some(s.as_str().into()),
             Some(Value::Number(n)) => Some(n.to_string().into()),
@@ -87,7 +101,25 @@ impl VerifiedClaims {
                 HeaderValue::from_str(&value).map_err(|_| bad)?,
             ));
         }
+        let jti: Box<str> = match claims.get("jti") {
+            Some(Value::String(j)) if !j.is_empty() => j.as_str().into(),
+            // PyJWT-style tokens often carry no jti: logout still needs a name for them.
+            _ => {
+                let digest =
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+                format!("#{}", URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16])).into()
+            }
+        };
+        let jti = Some(jti);
+        let family = jti
+            .as_deref()
+            .filter(|_| own)
+            .and_then(|j| j.split_once('.'))
+            .map(|(fam, _)| fam.into());
         Ok(VerifiedClaims {
+            iat: claims.get("iat").and_then(Value::as_u64),
+            jti,
+            family,
             claims,
             exp,
             subject,
@@ -103,6 +135,29 @@ impl VerifiedClaims {
 
     pub fn subject(&self) -> Option<&str> {
         self.subject.as_deref()
+    }
+
+    pub fn jti(&self) -> Option<&str> {
+        self.jti.as_deref()
+    }
+
+    pub fn iat(&self) -> Option<u64> {
+        self.iat
+    }
+
+    /// The refresh family this gateway issued the token from, if any.
+    pub fn family(&self) -> Option<&str> {
+        self.family.as_deref()
+    }
+
+    /// What the revocation set looks at.
+    pub fn revocation_ref(&self) -> crate::store::revocations::TokenRef<'_> {
+        crate::store::revocations::TokenRef {
+            jti: self.jti(),
+            family: self.family(),
+            subject: self.subject(),
+            iat: self.iat,
+        }
     }
 
     pub fn roles(&self) -> &[Box<str>] {
@@ -204,7 +259,7 @@ mod tests {
         let Value::Object(map) = v else {
             unreachable!()
         };
-        VerifiedClaims::build(map, 1, &identity())
+        VerifiedClaims::build("t", map, 1, true, &identity())
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub use diag::{Diag, Loc};
 pub use raw::{AuthMode, LogFormat};
 pub use units::parse_duration;
 
+pub use crate::login::ratelimit::Rate;
+
 /// A validated configuration. Built only by [`Config::load`] / [`Config::from_str`].
 #[derive(Debug)]
 pub struct Config {
@@ -32,6 +34,8 @@ pub struct Config {
     pub keys: Vec<KeySpec>,
     pub issuers: Vec<IssuerSpec>,
     pub cache: CacheConfig,
+    /// `None`: no `[login]`, so `/auth/login` and `/auth/refresh` answer 404.
+    pub login: Option<LoginConfig>,
     pub identity: IdentityConfig,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
@@ -116,6 +120,22 @@ pub struct IssuerSpec {
 pub struct CacheConfig {
     pub max_entries: u64,
     pub max_ttl: Duration,
+}
+
+#[derive(Debug)]
+pub struct LoginConfig {
+    pub credentials: Credentials,
+    pub rate_limit_per_ip: Rate,
+    pub rate_limit_per_user: Rate,
+}
+
+/// Where `/auth/login` checks a username and password.
+#[derive(Debug)]
+pub enum Credentials {
+    /// A `users.toml` (read, with every hash checked, when the snapshot is built).
+    UsersFile(PathBuf),
+    /// An existing API that answers for the credentials (`http://` only).
+    VerifyUrl(http::Uri),
 }
 
 #[derive(Debug)]

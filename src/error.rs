@@ -1,7 +1,7 @@
 //! Every way a request can fail, and the one place that turns it into a
 //! response: status, `WWW-Authenticate` (RFC 6750 §3), JSON body.
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{self, Body};
@@ -25,6 +25,27 @@ pub enum GatewayError {
     UpstreamConnect,
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// `/auth/login`: unknown user or wrong password (one answer for both).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// `/auth/refresh` (and a logout's refresh token): invalid, expired, reused.
+    #[error("invalid grant: {0}")]
+    InvalidGrant(&'static str),
+    /// A login rate limit; the seconds go into `Retry-After`.
+    #[error("rate limited")]
+    RateLimited(u64),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("unsupported content type")]
+    UnsupportedMediaType,
+    /// The methods the endpoint allows go into `Allow`.
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// The state store or `verify_url` could not answer: nothing was done.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(&'static str),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 const REALM: &str = "Bearer realm=\"gatehouse\"";
@@ -40,6 +61,15 @@ impl GatewayError {
             GatewayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
             GatewayError::UpstreamConnect => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::InvalidCredentials | GatewayError::InvalidGrant(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -59,6 +89,26 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => {
                 ("gateway_timeout", "the upstream did not answer in time")
             }
+            GatewayError::InvalidCredentials => (
+                "invalid_credentials",
+                "the username or password is not correct",
+            ),
+            GatewayError::InvalidGrant(why) => ("invalid_grant", why),
+            GatewayError::RateLimited(_) => (
+                "rate_limited",
+                "too many login attempts; retry after the time in Retry-After",
+            ),
+            GatewayError::PayloadTooLarge => ("invalid_request", "the request body is too large"),
+            GatewayError::UnsupportedMediaType => (
+                "invalid_request",
+                "send application/json or application/x-www-form-urlencoded",
+            ),
+            GatewayError::MethodNotAllowed(_) => (
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            ),
+            GatewayError::Unavailable(why) => ("temporarily_unavailable", why),
+            GatewayError::Internal(why) => ("server_error", why),
         }
     }
 
@@ -75,10 +125,7 @@ impl GatewayError {
             GatewayError::InsufficientScope(_) => {
                 Some(format!("{REALM}, error=\"insufficient_scope\""))
             }
-            GatewayError::NoRoute
-            | GatewayError::BadRequest(_)
-            | GatewayError::UpstreamConnect
-            | GatewayError::UpstreamTimeout => None,
+            _ => None,
         }
     }
 
@@ -91,6 +138,17 @@ impl GatewayError {
         if let Some(v) = self.www_authenticate() {
             let v = HeaderValue::from_str(&v).expect("descriptions are static ASCII");
             rsp.headers_mut().insert(WWW_AUTHENTICATE, v);
+        }
+        match self {
+            GatewayError::RateLimited(secs) => {
+                rsp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            GatewayError::MethodNotAllowed(allow) => {
+                rsp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
         }
         rsp
     }

@@ -22,6 +22,7 @@ use crate::config::AuthMode;
 use crate::error::GatewayError;
 use crate::routes::Route;
 use crate::state::Snapshot;
+use crate::store::Revocations;
 use headers::{
     Downstream, is_upgrade, set_forwarding, set_identity, strip_hop_by_hop,
     strip_underscore_aliases,
@@ -51,12 +52,17 @@ struct Ctx<'s> {
 }
 
 /// Serves one request on the proxy path.
-pub async fn handle(req: Request<Incoming>, snap: &Snapshot, peer: &Peer) -> Response<Body> {
+pub async fn handle(
+    req: Request<Incoming>,
+    snap: &Snapshot,
+    revocations: &Revocations,
+    peer: &Peer,
+) -> Response<Body> {
     // Copying the method and URI costs a little; only pay it when the access log is on.
     let log = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
     let mut ctx = Ctx::default();
-    let rsp = handle_inner(req, snap, peer, &mut ctx)
+    let rsp = handle_inner(req, snap, revocations, peer, &mut ctx)
         .await
         .unwrap_or_else(GatewayError::into_response);
     if let Some((method, uri, started)) = log {
@@ -77,6 +83,7 @@ pub async fn handle(req: Request<Incoming>, snap: &Snapshot, peer: &Peer) -> Res
 async fn handle_inner<'s>(
     mut req: Request<Incoming>,
     snap: &'s Snapshot,
+    revocations: &Revocations,
     peer: &Peer,
     ctx: &mut Ctx<'s>,
 ) -> Result<Response<Body>, GatewayError> {
@@ -86,14 +93,7 @@ async fn handle_inner<'s>(
         .find(req.method(), host(&req), req.uri().path())
         .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(&route.path_prefix);
-    let caller = authenticate(req.headers(), route, snap)?;
-    // Issue #4 adds the revocation check here: after the cache, before authorize.
-    if let Some(c) = &caller {
-        route
-            .access
-            .check(c)
-            .map_err(|d| GatewayError::InsufficientScope(d.0))?;
-    }
+    let caller = admit(req.headers(), route, snap, revocations)?;
     ctx.caller = caller;
     // Read before the hop-by-hop headers go: they carry the upgrade request.
     let upgrade = is_upgrade(req.headers());
@@ -123,6 +123,29 @@ async fn handle_inner<'s>(
     rsp
 }
 
+/// Steps 2 to 4 of the proxy path for `route`: the bearer token (if the
+/// route wants one), verified or from the cache, then the revocation check
+/// (after the cache: a revoked token may well be cached), then the route's
+/// access rules. `/auth/verify` runs the same steps.
+pub(crate) fn admit(
+    headers: &HeaderMap,
+    route: &Route,
+    snap: &Snapshot,
+    revocations: &Revocations,
+) -> Result<Option<Arc<VerifiedClaims>>, GatewayError> {
+    let caller = authenticate(headers, route, snap)?;
+    if let Some(c) = &caller {
+        revocations
+            .check(c.revocation_ref())
+            .map_err(GatewayError::InvalidToken)?;
+        route
+            .access
+            .check(c)
+            .map_err(|d| GatewayError::InsufficientScope(d.0))?;
+    }
+    Ok(caller)
+}
+
 /// Reads the bearer token (if the route wants one) and verifies it, from the
 /// cache when it was verified before.
 fn authenticate(
@@ -139,8 +162,16 @@ fn authenticate(
         Ok(None) => return Err(GatewayError::MissingToken),
         Err(_) => return Err(GatewayError::MalformedAuthorization),
     };
+    verify_cached(token, snap).map(Some)
+}
+
+/// The verified claims of `token`: from the cache, or verified and cached.
+pub(crate) fn verify_cached(
+    token: &str,
+    snap: &Snapshot,
+) -> Result<Arc<VerifiedClaims>, GatewayError> {
     if let Some(hit) = snap.cache.get(token) {
-        return Ok(Some(hit));
+        return Ok(hit);
     }
     let claims = snap
         .verifier
@@ -148,7 +179,7 @@ fn authenticate(
         .map_err(|r| GatewayError::InvalidToken(r.0))?;
     let claims = Arc::new(claims);
     snap.cache.insert(token, Arc::clone(&claims));
-    Ok(Some(claims))
+    Ok(claims)
 }
 
 static VIA_10: HeaderValue = HeaderValue::from_static("1.0 gatehouse");
@@ -211,7 +242,7 @@ fn upstream_path_and_query(route: &Route, uri: &http::Uri) -> Result<PathAndQuer
     PathAndQuery::try_from(pq).map_err(|_| bad)
 }
 
-fn host<B>(req: &Request<B>) -> Option<&str> {
+pub(crate) fn host<B>(req: &Request<B>) -> Option<&str> {
     req.headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::GatewayError;
 use crate::proxy::Peer;
 use crate::proxy::forward::ConnGuard;
-use crate::state::{Shared, Snapshot};
+use crate::state::{Gateway, Shared, Snapshot};
 use admin::Health;
 
 /// Binds the listeners of `snap`, serves until SIGTERM/SIGINT, reloads on SIGHUP.
@@ -47,12 +46,28 @@ pub async fn serve(snap: Snapshot, config_path: PathBuf) -> std::io::Result<()> 
     if let Some(path) = &snap.generated_key {
         tracing::info!(path = %path.display(), "signing with the generated Ed25519 key");
     }
+    if snap.login.as_ref().is_some_and(|l| l.has_user(DEMO_USER)) {
+        tracing::warn!(
+            "the demo user `{DEMO_USER}` is enabled: remove it from the users file before real use"
+        );
+    }
     tracing::info!(addr = %listen, "{}", snap.summary());
-    let shared: Shared = Arc::new(ArcSwap::from_pointee(snap));
+    let state = snap.config.state.path.clone();
+    let gateway = Gateway::open(snap).await.map_err(|e| {
+        std::io::Error::other(format!("{e} (under [state] path {})", state.display()))
+    })?;
+    let shared: Shared = Arc::new(gateway);
     signals::reload_on_sighup(Arc::clone(&shared), config_path);
     run(listener, shared, health, signals::shutdown()).await;
     Ok(())
 }
+
+/// The user the shipped `users.toml` defines; the gateway warns while it exists.
+pub const DEMO_USER: &str = "demo";
+
+/// How often expired families and revocations are swept, and idle rate-limit
+/// buckets dropped.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
 
 /// What every connection of a listener is served with, fixed for the
 /// listener's life (a reload changes routes and keys, not these).
@@ -83,6 +98,7 @@ pub async fn run(
     // One permit per open connection: beyond the limit, connections wait in the backlog.
     let permits = Arc::new(Semaphore::new(limit));
     let graceful = GracefulShutdown::new();
+    let housekeeping = tokio::spawn(housekeeping(Arc::clone(&shared)));
     health.set_ready(true);
     tokio::pin!(shutdown);
     loop {
@@ -105,10 +121,30 @@ pub async fn run(
         spawn_connection(stream, peer, &shared, &settings, &graceful, permit);
     }
     health.set_ready(false);
+    housekeeping.abort();
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown_grace elapsed with connections still open"),
+    }
+}
+
+/// Sweeps expired state from the store and from memory, forever.
+async fn housekeeping(shared: Shared) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = crate::auth::issue::now();
+        match shared.store.sweep(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(records = n, "swept expired state"),
+            Err(e) => tracing::warn!(error = %e, "sweeping the state store failed"),
+        }
+        shared.revocations.prune(now);
+        if let Some(login) = &shared.load().login {
+            login.limits.housekeeping();
+        }
     }
 }
 
@@ -140,13 +176,14 @@ fn spawn_connection(
         let smuggled = seen.next_request_is_ambiguous();
         let snap = shared.load_full();
         let client = Arc::clone(&client);
+        let shared = Arc::clone(&shared);
         async move {
             if smuggled {
                 tracing::debug!(%peer, "Content-Length with Transfer-Encoding refused");
                 let why = "Content-Length and Transfer-Encoding together";
                 return Ok(GatewayError::BadRequest(why).into_response());
             }
-            Ok::<_, Infallible>(dispatch::dispatch(req, &snap, &client).await)
+            Ok::<_, Infallible>(dispatch::dispatch(req, &shared, &snap, &client).await)
         }
     });
     let conn = settings

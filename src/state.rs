@@ -1,15 +1,19 @@
-//! The immutable snapshot every request reads: config, routes, keys,
-//! verifier, cache and upstreams, built together and swapped together.
+//! What every request reads: the immutable [`Snapshot`] (config, routes,
+//! keys, verifier, cache, upstreams, login), built together and swapped
+//! together on SIGHUP, inside the [`Gateway`], which also holds what lives
+//! as long as the process: the state store and the revocation set.
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 
 use crate::auth::keys::{self, KeySet};
 use crate::auth::{ClaimsCache, Identity, Verifier};
 use crate::config::{Config, ConfigErrors, Diag, Loc};
+use crate::login::Login;
 use crate::proxy::upstream::Upstream;
 use crate::routes::RouteTable;
+use crate::store::{Revocations, Store, StoreError};
 
 /// Everything the request path reads, built once per config load.
 pub struct Snapshot {
@@ -23,11 +27,62 @@ pub struct Snapshot {
     /// Per snapshot: a reload (new keys, new identity rules) starts it empty.
     pub cache: ClaimsCache,
     pub upstreams: Vec<Upstream>,
+    /// `None` without `[login]`.
+    pub login: Option<Login>,
 }
 
-/// The current snapshot. Only `server::signals` stores a new one; every
-/// request loads it once.
-pub type Shared = Arc<ArcSwap<Snapshot>>;
+/// The gateway a listener serves: the current snapshot (only
+/// `server::signals` stores a new one; every request loads it once), the
+/// state store, and the in-memory revocations kept in step with it.
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    pub store: Box<dyn Store>,
+    pub revocations: Revocations,
+}
+
+pub type Shared = Arc<Gateway>;
+
+impl Gateway {
+    /// Serves `snap` with `store`, loading the revocations still in force.
+    ///
+    /// # Errors
+    /// When the store cannot list its revocations.
+    pub async fn new(snap: Snapshot, store: Box<dyn Store>) -> Result<Gateway, StoreError> {
+        let revocations = Revocations::default();
+        for r in store.live_revocations(crate::auth::issue::now()).await? {
+            revocations.add(r);
+        }
+        Ok(Gateway {
+            snapshot: ArcSwap::from_pointee(snap),
+            store,
+            revocations,
+        })
+    }
+
+    /// Opens the embedded store under `[state] path` and serves `snap` with it.
+    ///
+    /// # Errors
+    /// When the store cannot be opened or read.
+    pub async fn open(snap: Snapshot) -> Result<Gateway, StoreError> {
+        let store = crate::store::embedded::Embedded::open(&snap.config.state.path)?;
+        Gateway::new(snap, Box::new(store)).await
+    }
+
+    /// The current snapshot (cheap: no reference count touched).
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// The current snapshot, owned (for a request that awaits).
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Replaces the snapshot (SIGHUP).
+    pub fn store_snapshot(&self, snap: Snapshot) {
+        self.snapshot.store(Arc::new(snap));
+    }
+}
 
 impl Snapshot {
     /// Parses keys and compiles routes and upstreams. Binds nothing, so
@@ -55,7 +110,9 @@ impl Snapshot {
         let verifier = Verifier::new(&keys, &config.issuers, &config.tokens, identity);
         let cache = ClaimsCache::new(config.cache.max_entries, config.cache.max_ttl);
         let upstreams = config.upstreams.iter().map(Upstream::new).collect();
+        let login = config.login.as_ref().map(Login::new).transpose()?;
         Ok(Snapshot {
+            login,
             keys,
             generated_key,
             routes: RouteTable::new(&config.routes),
@@ -86,7 +143,7 @@ impl Snapshot {
     pub fn summary(&self) -> String {
         let c = &self.config;
         format!(
-            "listen {}, admin {}, {} key(s), {} issuer(s), {} upstream(s), {} route(s)",
+            "listen {}, admin {}, {} key(s), {} issuer(s), {} upstream(s), {} route(s), login {}",
             c.server.listen,
             c.server
                 .admin_listen
@@ -95,6 +152,11 @@ impl Snapshot {
             c.issuers.len(),
             c.upstreams.len(),
             self.routes.len(),
+            match self.login.as_ref().map(Login::user_count) {
+                None => "off".to_string(),
+                Some(Some(n)) => format!("with {n} user(s)"),
+                Some(None) => "via verify_url".to_string(),
+            },
         )
     }
 }

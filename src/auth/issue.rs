@@ -1,5 +1,6 @@
 //! Minting tokens with the signing key: `kid` and `typ` in the header
-//! (RFC 9068: `at+jwt` for access tokens), the registered claims, then the
+//! (RFC 9068: `at+jwt` for access tokens, `rt+jwt` for refresh tokens, so
+//! neither can pass for the other), the registered claims, then the
 //! caller's roles and claims (which cannot override a registered claim).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Header;
+use jsonwebtoken::errors::{Error, ErrorKind};
 use serde_json::{Map, Value, json};
 
 use super::keys::Key;
@@ -20,47 +22,99 @@ pub struct Grant<'a> {
     pub ttl: Duration,
 }
 
-/// A 128-bit random id, base64url (`jti`).
+/// A signed token with the claims the state store keeps about it.
+pub struct Minted {
+    pub token: String,
+    pub jti: String,
+    pub exp: u64,
+}
+
+/// A 128-bit random id, base64url (`jti`, family ids).
 pub fn random_id() -> String {
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut bytes).expect("the system RNG is available");
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Signs an access token for `grant` with `key`.
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Signs an access token for `grant` with `key`, issued now (`gatehouse token`).
 ///
 /// # Errors
 /// When `key` cannot sign (a verify-only key) or signing fails.
-pub fn access_token(
+pub fn access_token(key: &Key, tokens: &TokensConfig, grant: &Grant<'_>) -> Result<String, Error> {
+    sign_access(key, tokens, grant, random_id(), now()).map(|m| m.token)
+}
+
+/// Signs an access token with `jti`, issued at `iat` (which may be a second
+/// after a logout-all cutoff; `nbf` stays at the real time).
+///
+/// # Errors
+/// When `key` cannot sign (a verify-only key) or signing fails.
+pub fn sign_access(
     key: &Key,
     tokens: &TokensConfig,
     grant: &Grant<'_>,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    let encoding = key
-        .encoding
-        .as_ref()
-        .ok_or(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    jti: String,
+    iat: u64,
+) -> Result<Minted, Error> {
+    let now = now();
+    let exp = now + grant.ttl.as_secs();
     let mut claims = grant.claims.clone();
     let registered = json!({
         "iss": tokens.issuer,
         "sub": grant.subject,
         "aud": tokens.audience,
-        "iat": now,
+        "iat": iat,
         "nbf": now,
-        "exp": now + grant.ttl.as_secs(),
-        "jti": random_id(),
+        "exp": exp,
+        "jti": jti,
         "type": "access",
         "roles": grant.roles,
     });
     if let Value::Object(reg) = registered {
         claims.extend(reg);
     }
+    let token = sign(key, "at+jwt", &claims)?;
+    Ok(Minted { token, jti, exp })
+}
+
+/// Signs a refresh token of `family` for `subject`.
+///
+/// # Errors
+/// When `key` cannot sign (a verify-only key) or signing fails.
+pub fn sign_refresh(
+    key: &Key,
+    tokens: &TokensConfig,
+    subject: &str,
+    family: &str,
+    iat: u64,
+) -> Result<Minted, Error> {
+    let jti = random_id();
+    let exp = now() + tokens.refresh_ttl.as_secs();
+    let claims = json!({
+        "iss": tokens.issuer,
+        "sub": subject,
+        "iat": iat,
+        "exp": exp,
+        "jti": jti,
+        "type": "refresh",
+        "fam": family,
+    });
+    let token = sign(key, "rt+jwt", &claims)?;
+    Ok(Minted { token, jti, exp })
+}
+
+fn sign(key: &Key, typ: &str, claims: &impl serde::Serialize) -> Result<String, Error> {
+    let encoding = key.encoding.as_ref().ok_or(ErrorKind::InvalidKeyFormat)?;
     let mut header = Header::new(key.algorithm);
     header.kid = Some(key.id.clone());
-    header.typ = Some("at+jwt".into());
-    jsonwebtoken::encode(&header, &claims, encoding)
+    header.typ = Some(typ.into());
+    jsonwebtoken::encode(&header, claims, encoding)
 }

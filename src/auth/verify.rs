@@ -36,6 +36,9 @@ pub struct Verifier {
 }
 
 struct Issuer {
+    /// The gateway's own issuer (`[tokens] issuer`): the only one whose
+    /// refresh tokens are accepted, and whose `jti`s name a family.
+    own: bool,
     /// `None`: tokens without `iss`.
     iss: Option<String>,
     /// `None`: `aud` is not checked; else the token's `aud` must name one.
@@ -54,17 +57,29 @@ fn check_header(h: &Header) -> Result<(), Rejected> {
         // RFC 7515 §4.1.11: a recipient must reject a `crit` it does not understand; we understand none.
         return Err(Rejected("unsupported crit header"));
     }
-    if let Some(typ) = &h.typ {
-        // RFC 7515 §4.1.9: `typ` may carry the `application/` prefix, in any case.
+    Ok(())
+}
+
+/// Whether the header's `typ` names a refresh token. RFC 7515 §4.1.9: `typ`
+/// may carry the `application/` prefix, in any case.
+fn is_refresh_typ(h: &Header) -> bool {
+    h.typ.as_deref().is_some_and(|typ| {
         let typ = match typ.get(..12) {
             Some(p) if p.eq_ignore_ascii_case("application/") => &typ[12..],
-            _ => typ.as_str(),
+            _ => typ,
         };
-        if typ.eq_ignore_ascii_case("rt+jwt") {
-            return Err(Rejected("refresh tokens are not accepted here"));
-        }
-    }
-    Ok(())
+        typ.eq_ignore_ascii_case("rt+jwt")
+    })
+}
+
+/// A refresh token this gateway issued, verified (see [`Verifier::verify_refresh`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshClaims {
+    pub subject: String,
+    pub jti: String,
+    pub family: String,
+    pub iat: u64,
+    pub exp: u64,
 }
 
 impl Verifier {
@@ -86,6 +101,7 @@ impl Verifier {
         let mut out = Vec::new();
         if !own_keys.is_empty() {
             out.push(Issuer {
+                own: true,
                 iss: Some(tokens.issuer.clone()),
                 audiences: Some(Box::new([tokens.audience.clone()])),
                 keys: own_keys,
@@ -104,6 +120,7 @@ impl Verifier {
                 .cloned()
                 .collect();
             out.push(Issuer {
+                own: false,
                 iss: spec.issuer.clone(),
                 audiences: spec.audiences.clone().map(Into::into),
                 keys,
@@ -131,6 +148,61 @@ impl Verifier {
     /// # Errors
     /// [`Rejected`] with the reason for the `error_description`.
     pub fn verify(&self, token: &str) -> Result<VerifiedClaims, Rejected> {
+        let (claims, issuer) = self.signed(token, |h| {
+            if is_refresh_typ(h) {
+                return Err(Rejected("refresh tokens are not accepted here"));
+            }
+            Ok(())
+        })?;
+        let exp = self.check_claims(&claims, issuer)?;
+        VerifiedClaims::build(token, claims, exp, issuer.own, &self.identity).map_err(Rejected)
+    }
+
+    /// Verifies a refresh token: issued by this gateway (`[tokens] issuer`,
+    /// one of its keys), `typ` `rt+jwt`, `type` `refresh`, unexpired, with
+    /// `sub`, `jti`, `fam` and `iat`. Whether it is still current is the
+    /// store's to say.
+    ///
+    /// # Errors
+    /// [`Rejected`] with the reason (for logs; clients get `invalid_grant`).
+    pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, Rejected> {
+        let (claims, issuer) = self.signed(token, |h| {
+            if is_refresh_typ(h) {
+                Ok(())
+            } else {
+                Err(Rejected("not a refresh token"))
+            }
+        })?;
+        if !issuer.own {
+            return Err(Rejected("not issued by this gateway"));
+        }
+        let exp = self.check_exp_nbf(&claims)?;
+        if claims.get("type").and_then(Value::as_str) != Some("refresh") {
+            return Err(Rejected("not a refresh token"));
+        }
+        let text = |name: &str| match claims.get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            _ => Err(Rejected("malformed token")),
+        };
+        Ok(RefreshClaims {
+            subject: text("sub")?,
+            jti: text("jti")?,
+            family: text("fam")?,
+            iat: claims
+                .get("iat")
+                .and_then(Value::as_u64)
+                .ok_or(Rejected("malformed token"))?,
+            exp,
+        })
+    }
+
+    /// Splits and decodes `token`, picks its issuer and key, and checks the
+    /// signature; `typ` rules the header's `typ`. Returns the claims.
+    fn signed(
+        &self,
+        token: &str,
+        typ: impl Fn(&Header) -> Result<(), Rejected>,
+    ) -> Result<(Map<String, Value>, &Issuer), Rejected> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejected("token too large"));
         }
@@ -148,6 +220,7 @@ impl Verifier {
             _ => malformed,
         })?;
         check_header(&header)?;
+        typ(&header)?;
         let json = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| malformed)?;
         let claims: Map<String, Value> = serde_json::from_slice(&json).map_err(|_| malformed)?;
         let iss = match claims.get("iss") {
@@ -170,30 +243,15 @@ impl Verifier {
             &key.decoding,
             key.algorithm,
         ) {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return Err(Rejected("bad signature")),
+            Ok(true) => Ok((claims, issuer)),
+            Ok(false) | Err(_) => Err(Rejected("bad signature")),
         }
-        let exp = self.check_claims(&claims, issuer)?;
-        VerifiedClaims::build(claims, exp, &self.identity).map_err(Rejected)
     }
 
     /// RFC 7519 §4.1: `exp` (required), `nbf`, `aud`, with `leeway`; and
     /// the `type` claim, when present, must be `access`. Returns `exp`.
     fn check_claims(&self, claims: &Map<String, Value>, issuer: &Issuer) -> Result<u64, Rejected> {
-        let now = jsonwebtoken::get_current_timestamp();
-        let exp = match claims.get("exp") {
-            None => return Err(Rejected("missing exp")),
-            Some(v) => v.as_u64().ok_or(Rejected("malformed token"))?,
-        };
-        if exp.saturating_add(self.leeway) < now {
-            return Err(Rejected("token expired"));
-        }
-        if let Some(nbf) = claims.get("nbf") {
-            let nbf = nbf.as_u64().ok_or(Rejected("malformed token"))?;
-            if nbf > now.saturating_add(self.leeway) {
-                return Err(Rejected("token not yet valid"));
-            }
-        }
+        let exp = self.check_exp_nbf(claims)?;
         if let Some(want) = &issuer.audiences {
             let named = |a: &str| want.iter().any(|w| w == a);
             let ok = match claims.get("aud") {
@@ -211,6 +269,25 @@ impl Verifier {
             .is_some_and(|t| t.as_str() != Some("access"))
         {
             return Err(Rejected("not an access token"));
+        }
+        Ok(exp)
+    }
+
+    /// `exp` (required) and `nbf`, with `leeway`. Returns `exp`.
+    fn check_exp_nbf(&self, claims: &Map<String, Value>) -> Result<u64, Rejected> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let exp = match claims.get("exp") {
+            None => return Err(Rejected("missing exp")),
+            Some(v) => v.as_u64().ok_or(Rejected("malformed token"))?,
+        };
+        if exp.saturating_add(self.leeway) < now {
+            return Err(Rejected("token expired"));
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = nbf.as_u64().ok_or(Rejected("malformed token"))?;
+            if nbf > now.saturating_add(self.leeway) {
+                return Err(Rejected("token not yet valid"));
+            }
         }
         Ok(exp)
     }

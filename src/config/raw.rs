@@ -27,7 +27,7 @@ pub struct RawConfig {
     pub issuers: Vec<Spanned<RawIssuer>>,
     #[serde(default)]
     pub cache: RawCache,
-    pub login: Option<Spanned<toml::Table>>,
+    pub login: Option<Spanned<RawLogin>>,
     #[serde(default)]
     pub identity: RawIdentity,
     #[serde(default)]
@@ -157,6 +157,25 @@ impl Default for RawCache {
             max_ttl: Dur::secs(300),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    pub users_file: Option<Spanned<String>>,
+    pub verify_url: Option<Spanned<String>>,
+    #[serde(default = "default_rate_per_ip")]
+    pub rate_limit_per_ip: Spanned<String>,
+    #[serde(default = "default_rate_per_user")]
+    pub rate_limit_per_user: Spanned<String>,
+}
+
+fn default_rate_per_ip() -> Spanned<String> {
+    Spanned::new(0..0, "20/min".into())
+}
+
+fn default_rate_per_user() -> Spanned<String> {
+    Spanned::new(0..0, "5/min".into())
 }
 
 #[derive(Debug, Deserialize)]

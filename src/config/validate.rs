@@ -9,7 +9,7 @@ use jsonwebtoken::Algorithm;
 use toml::Spanned;
 
 use super::diag::{Diag, Diags};
-use super::raw::{RawConfig, RawIdentity, RawKey, RawRoute, RawServer, RawUpstream};
+use super::raw::{RawConfig, RawIdentity, RawKey, RawLogin, RawRoute, RawServer, RawUpstream};
 use super::*;
 
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
@@ -34,12 +34,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
     let upstreams = upstreams(&raw.upstreams, &mut d);
     let routes = routes(&raw.routes, &raw.upstreams, &mut d);
     let identity = identity(&raw.identity, &mut d);
-    if let Some(login) = &raw.login {
-        d.at(
-            Some(&login.span()),
-            "[login] is not supported yet: this gateway verifies tokens only (issue #4 adds login)",
-        );
-    }
+    let login = raw.login.as_ref().and_then(|l| login(l, path, &mut d));
     if raw.state.backend.get_ref() != "embedded" {
         d.at(
             Some(&raw.state.backend.span()),
@@ -77,10 +72,67 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
             max_entries: raw.cache.max_entries,
             max_ttl: raw.cache.max_ttl.0,
         },
+        login,
         identity,
         upstreams,
         routes,
     })
+}
+
+fn login(raw: &Spanned<RawLogin>, path: &Path, d: &mut Diags<'_>) -> Option<LoginConfig> {
+    let l = raw.get_ref();
+    let credentials = match (&l.users_file, &l.verify_url) {
+        (Some(file), None) => Some(Credentials::UsersFile(resolve_against(
+            path,
+            file.get_ref(),
+        ))),
+        (None, Some(url)) => verify_url(url, d).map(Credentials::VerifyUrl),
+        (Some(_), Some(url)) => {
+            d.at(
+                Some(&url.span()),
+                "[login] takes users_file or verify_url, not both",
+            );
+            None
+        }
+        (None, None) => {
+            d.at(
+                Some(&raw.span()),
+                "[login] needs users_file or verify_url (remove [login] for a verify-only gateway)",
+            );
+            None
+        }
+    };
+    let mut rate = |r: &Spanned<String>| match Rate::parse(r.get_ref()) {
+        Ok(rate) => Some(rate),
+        Err(e) => {
+            d.at(Some(&r.span()), e);
+            None
+        }
+    };
+    let per_ip = rate(&l.rate_limit_per_ip);
+    let per_user = rate(&l.rate_limit_per_user);
+    Some(LoginConfig {
+        credentials: credentials?,
+        rate_limit_per_ip: per_ip?,
+        rate_limit_per_user: per_user?,
+    })
+}
+
+fn verify_url(url: &Spanned<String>, d: &mut Diags<'_>) -> Option<http::Uri> {
+    let s = url.get_ref();
+    let why = match s.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                "must not carry credentials"
+            } else {
+                return Some(uri);
+            }
+        }
+        Ok(uri) if uri.scheme_str() == Some("https") => "uses https, which is not supported yet",
+        _ => "is not an http:// URL",
+    };
+    d.at(Some(&url.span()), format!("verify_url `{s}` {why}"));
+    None
 }
 
 fn server(s: &RawServer, d: &mut Diags<'_>) -> Option<ServerConfig> {

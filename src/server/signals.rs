@@ -3,8 +3,6 @@
 //! is invalid.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::state::{Shared, Snapshot};
@@ -51,7 +49,7 @@ async fn reload(shared: &Shared, path: &std::path::Path) {
             if snap.config.server.listen != old.config.server.listen {
                 tracing::warn!("SIGHUP: [server] listen changed; it takes effect on restart");
             }
-            shared.store(Arc::new(snap));
+            shared.store_snapshot(snap);
             tracing::info!(config = %path.display(), "SIGHUP: config reloaded");
         }
         Ok(Err(errors)) => {

@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
 };
 use bytes::Bytes;
 use gatehouse::server::admin::Health;
-use gatehouse::state::{Shared, Snapshot};
+use gatehouse::state::{Gateway, Shared, Snapshot};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -171,12 +170,31 @@ impl TestGateway {
     }
 
     pub async fn try_start(config: &str) -> Result<TestGateway, String> {
+        Self::try_start_with_files(config, &[]).await
+    }
+
+    /// Like [`TestGateway::start`], with extra `(name, contents)` files (a
+    /// `users.toml`, say) written beside the config before it is loaded.
+    pub async fn start_with_files(config: &str, files: &[(&str, &str)]) -> TestGateway {
+        Self::try_start_with_files(config, files)
+            .await
+            .unwrap_or_else(|e| panic!("config invalid:\n{e}"))
+    }
+
+    pub async fn try_start_with_files(
+        config: &str,
+        files: &[(&str, &str)],
+    ) -> Result<TestGateway, String> {
         let dir = tempfile::tempdir().unwrap();
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
         let path = write_config(dir.path(), config);
         let snap = Snapshot::load(&path).map_err(|e| e.to_string())?;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared: Shared = Arc::new(ArcSwap::from_pointee(snap));
+        let gateway = Gateway::open(snap).await.map_err(|e| e.to_string())?;
+        let shared: Shared = Arc::new(gateway);
         let (tx, rx) = oneshot::channel();
         let run = gatehouse::server::run(
             listener,
@@ -446,6 +464,20 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
 pub async fn get_with_token(url: &str, token: &str) -> Reply {
     let auth = format!("Bearer {token}");
     get(url, &[("authorization", &auth)]).await
+}
+
+/// `POST url` with a JSON body (`Content-Type: application/json`) and `headers`.
+pub async fn post_json(url: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    send(Method::POST, url, &h, body.to_string()).await
+}
+
+/// `POST url` with an HTML-form body (`application/x-www-form-urlencoded`) and `headers`.
+pub async fn post_form(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut h = vec![("content-type", "application/x-www-form-urlencoded")];
+    h.extend_from_slice(headers);
+    send(Method::POST, url, &h, body.to_string()).await
 }
 
 /// Writes `raw` bytes to `addr` and reads until the server closes or 5 s pass.

@@ -1,0 +1,201 @@
+//! The gateway's own endpoints (SPEC §3), answered before any route is
+//! matched: login, refresh, logout, `/auth/me`, `/auth/verify` for
+//! forward-auth proxies, and the `/.well-known` documents.
+
+mod form;
+mod session;
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::auth::{VerifiedClaims, bearer};
+use crate::body::{self, Body};
+use crate::error::{GatewayError, json_response};
+use crate::proxy::Peer;
+use crate::state::{Gateway, Snapshot};
+
+pub use form::MAX_BODY;
+
+/// One of the gateway's own endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Login,
+    Refresh,
+    Logout,
+    LogoutAll,
+    Me,
+    Verify,
+    Jwks,
+    OpenIdConfiguration,
+}
+
+impl Endpoint {
+    /// The endpoint at `path`, if it is one (exact match: anything else
+    /// under `/auth/` is left to the routes).
+    pub fn at(path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/auth/login" => Endpoint::Login,
+            "/auth/refresh" => Endpoint::Refresh,
+            "/auth/logout" => Endpoint::Logout,
+            "/auth/logout-all" => Endpoint::LogoutAll,
+            "/auth/me" => Endpoint::Me,
+            "/auth/verify" => Endpoint::Verify,
+            "/.well-known/jwks.json" => Endpoint::Jwks,
+            "/.well-known/openid-configuration" => Endpoint::OpenIdConfiguration,
+            _ => return None,
+        })
+    }
+
+    /// The `Allow` header of a 405.
+    fn allow(self) -> &'static str {
+        match self {
+            Endpoint::Login | Endpoint::Refresh | Endpoint::Logout | Endpoint::LogoutAll => "POST",
+            Endpoint::Me | Endpoint::Jwks | Endpoint::OpenIdConfiguration => "GET, HEAD",
+            // Forward-auth proxies send the original method.
+            Endpoint::Verify => "",
+        }
+    }
+
+    fn allows(self, m: &Method) -> bool {
+        match self.allow() {
+            "POST" => m == Method::POST,
+            "GET, HEAD" => m == Method::GET || m == Method::HEAD,
+            _ => true,
+        }
+    }
+}
+
+/// Answers a request for `endpoint`.
+pub async fn serve(
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+    gw: &Gateway,
+    snap: &Snapshot,
+    peer: &Peer,
+) -> Response<Body> {
+    if !endpoint.allows(req.method()) {
+        return GatewayError::MethodNotAllowed(endpoint.allow()).into_response();
+    }
+    let answer = match endpoint {
+        Endpoint::Login => session::login(req, gw, snap, peer).await,
+        Endpoint::Refresh => session::refresh(req, gw, snap).await,
+        Endpoint::Logout => session::logout(req, gw, snap).await,
+        Endpoint::LogoutAll => session::logout_all(&req, gw, snap).await,
+        Endpoint::Me => me(&req, gw, snap),
+        Endpoint::Verify => verify(&req, gw, snap),
+        Endpoint::Jwks => Ok(public_json(&crate::auth::jwks::jwks(&snap.keys))),
+        Endpoint::OpenIdConfiguration => Ok(public_json(&openid_configuration(&req, snap))),
+    };
+    answer.unwrap_or_else(GatewayError::into_response)
+}
+
+/// The caller behind the request's bearer token: verified (or cached) and
+/// not revoked.
+fn caller(
+    req: &Request<Incoming>,
+    gw: &Gateway,
+    snap: &Snapshot,
+) -> Result<Arc<VerifiedClaims>, GatewayError> {
+    let token = match bearer::extract(req.headers()) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(GatewayError::MissingToken),
+        Err(_) => return Err(GatewayError::MalformedAuthorization),
+    };
+    let claims = crate::proxy::verify_cached(token.as_str(), snap)?;
+    gw.revocations
+        .check(claims.revocation_ref())
+        .map_err(GatewayError::InvalidToken)?;
+    Ok(claims)
+}
+
+/// `GET /auth/me`: the verified claims.
+fn me(
+    req: &Request<Incoming>,
+    gw: &Gateway,
+    snap: &Snapshot,
+) -> Result<Response<Body>, GatewayError> {
+    let claims = caller(req, gw, snap)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::Value::Object(claims.claims().clone()),
+    ))
+}
+
+/// `/auth/verify`, for nginx `auth_request`, Traefik ForwardAuth and Caddy
+/// `forward_auth`: the route is the one the original request would take
+/// (`X-Forwarded-Uri` or `X-Original-URI`, `X-Forwarded-Method`,
+/// `X-Forwarded-Host`), and its rules apply. 200 carries the identity
+/// headers the upstream should receive.
+fn verify(
+    req: &Request<Incoming>,
+    gw: &Gateway,
+    snap: &Snapshot,
+) -> Result<Response<Body>, GatewayError> {
+    let h = req.headers();
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    let uri = text("x-forwarded-uri")
+        .or_else(|| text("x-original-uri"))
+        .unwrap_or("/");
+    let path = uri.split(['?', '#']).next().unwrap_or("/");
+    let method = text("x-forwarded-method")
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .unwrap_or(Method::GET);
+    let host = text("x-forwarded-host").or_else(|| crate::proxy::host(req));
+    let route = snap
+        .routes
+        .find(&method, host, path)
+        .ok_or(GatewayError::NoRoute)?;
+    let caller = crate::proxy::admit(h, route, snap, &gw.revocations)?;
+    let mut rsp = Response::new(body::empty());
+    if let Some(c) = caller {
+        for (name, value) in c.identity_headers() {
+            rsp.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rsp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(rsp)
+}
+
+/// A document anyone may read and caches may keep for a few minutes.
+fn public_json(value: &serde_json::Value) -> Response<Body> {
+    let mut rsp = json_response(StatusCode::OK, value);
+    rsp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    rsp
+}
+
+/// OpenID Connect Discovery 1.0 §3 (the parts that apply to a token
+/// issuer without an authorization endpoint). URLs are built from the
+/// request's `Host` when `[tokens] issuer` is not itself a URL.
+fn openid_configuration(req: &Request<Incoming>, snap: &Snapshot) -> serde_json::Value {
+    let issuer = &snap.config.tokens.issuer;
+    let base = if issuer.starts_with("https://") || issuer.starts_with("http://") {
+        issuer.trim_end_matches('/').to_string()
+    } else {
+        let host = crate::proxy::host(req).unwrap_or("localhost");
+        format!("http://{host}")
+    };
+    let algs: Vec<String> = snap
+        .keys
+        .iter()
+        .map(|k| format!("{:?}", k.algorithm))
+        .collect();
+    json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "token_endpoint": format!("{base}/auth/login"),
+        "grant_types_supported": ["password", "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "response_types_supported": ["token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": algs,
+        "userinfo_endpoint": format!("{base}/auth/me"),
+        "revocation_endpoint": format!("{base}/auth/logout"),
+    })
+}

@@ -1,0 +1,362 @@
+//! Login, refresh rotation, logout and logout-all: everything that issues
+//! or revokes. Each answers only after the store has committed what it
+//! issued or revoked (a 2xx is never lost to a crash), then updates the
+//! in-memory revocations the proxy path checks.
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::form;
+use crate::auth::issue::{self, Grant, Minted, now, random_id};
+use crate::auth::keys::Key;
+use crate::auth::{RefreshClaims, bearer};
+use crate::body::{self, Body};
+use crate::error::{GatewayError, json_response};
+use crate::login::{Account, Outcome};
+use crate::proxy::Peer;
+use crate::state::{Gateway, Snapshot};
+use crate::store::{Family, Revocation, RotateRequest, Rotation, StoreError};
+
+const NOT_FOUND: GatewayError = GatewayError::NoRoute;
+
+/// `POST /auth/login`.
+pub async fn login(
+    req: Request<Incoming>,
+    gw: &Gateway,
+    snap: &Snapshot,
+    peer: &Peer,
+) -> Result<Response<Body>, GatewayError> {
+    let login = snap.login.as_ref().ok_or(NOT_FOUND)?;
+    login
+        .limits
+        .check_ip(peer.addr.ip())
+        .map_err(|r| GatewayError::RateLimited(r.secs()))?;
+    let fields = form::read(req, false).await?;
+    // `grant_type=password`, `scope` and `client_id` are accepted and ignored.
+    let username = fields.required("username")?;
+    let password = fields.required("password")?;
+    login
+        .limits
+        .check_user(username)
+        .map_err(|r| GatewayError::RateLimited(r.secs()))?;
+    match login.authenticate(username, password).await {
+        Outcome::Valid(account) => {
+            tracing::info!(subject = %account.subject, "login");
+            issue_new_family(gw, snap, &account).await
+        }
+        Outcome::Invalid => {
+            login.limits.record_failure(username);
+            tracing::info!(%username, peer = %peer.addr.ip(), "login failed");
+            Err(GatewayError::InvalidCredentials)
+        }
+        Outcome::Unavailable => Err(GatewayError::Unavailable(
+            "the credentials could not be checked; try again",
+        )),
+    }
+}
+
+/// `POST /auth/refresh`: rotation with reuse detection (RFC 9700 §4.14.2).
+pub async fn refresh(
+    req: Request<Incoming>,
+    gw: &Gateway,
+    snap: &Snapshot,
+) -> Result<Response<Body>, GatewayError> {
+    snap.login.as_ref().ok_or(NOT_FOUND)?;
+    let fields = form::read(req, false).await?;
+    if fields
+        .optional("grant_type")?
+        .is_some_and(|g| g != "refresh_token")
+    {
+        return Err(GatewayError::BadRequest(
+            "grant_type must be refresh_token here",
+        ));
+    }
+    let presented = verify_refresh(fields.required("refresh_token")?, gw, snap)?;
+    let tokens = &snap.config.tokens;
+    let key = signer(snap)?;
+    let now = now();
+    let iat = issued_at(gw, &presented.subject, now);
+    let next = issue::sign_refresh(key, tokens, &presented.subject, &presented.family, iat)
+        .map_err(|_| cannot_sign())?;
+    let rotation = gw
+        .store
+        .rotate(RotateRequest {
+            family: &presented.family,
+            presented: &presented.jti,
+            next: &next.jti,
+            now,
+            exp: next.exp,
+            grace: tokens.refresh_reuse_grace.as_secs(),
+        })
+        .await
+        .map_err(store_failed)?;
+    match rotation {
+        Rotation::Rotated(family) => {
+            let account = Account {
+                subject: family.subject,
+                roles: family.roles,
+                claims: family.claims,
+            };
+            let access = sign_access(key, snap, &account, &presented.family, iat)?;
+            Ok(token_pair(snap, &access, &next))
+        }
+        Rotation::Grace => Err(GatewayError::InvalidGrant(
+            "refresh token already used (within the reuse grace period)",
+        )),
+        Rotation::Reused { subject } => {
+            tracing::warn!(
+                %subject,
+                family = %presented.family,
+                "refresh token reused: the whole family is revoked"
+            );
+            // The store revoked the family; its access tokens go too.
+            gw.revocations.add(Revocation::Family {
+                id: presented.family.clone(),
+                until: now + access_lifetime(snap),
+            });
+            Err(GatewayError::InvalidGrant("refresh token already used"))
+        }
+        Rotation::Revoked => Err(GatewayError::InvalidGrant("refresh token revoked")),
+        Rotation::Unknown => Err(GatewayError::InvalidGrant(
+            "refresh token unknown or expired",
+        )),
+    }
+}
+
+/// `POST /auth/logout`: revokes the bearer access token (by `jti`, until
+/// its `exp`) and the refresh family, named by the access token or by a
+/// `refresh_token` in the body.
+pub async fn logout(
+    req: Request<Incoming>,
+    gw: &Gateway,
+    snap: &Snapshot,
+) -> Result<Response<Body>, GatewayError> {
+    // A token that is already revoked may still log out (logout is idempotent).
+    let access = match bearer::extract(req.headers()) {
+        Ok(Some(t)) => Some(crate::proxy::verify_cached(t.as_str(), snap)?),
+        Ok(None) => None,
+        Err(_) => return Err(GatewayError::MalformedAuthorization),
+    };
+    let fields = form::read(req, access.is_some()).await?;
+    let refresh = match fields.optional("refresh_token")? {
+        Some(t) => Some(verify_refresh(t, gw, snap)?),
+        None if access.is_none() => return Err(GatewayError::MissingToken),
+        None => None,
+    };
+    if let (Some(a), Some(r)) = (&access, &refresh)
+        && a.subject() != Some(r.subject.as_str())
+    {
+        return Err(GatewayError::InvalidGrant(
+            "the refresh token belongs to someone else",
+        ));
+    }
+    let now = now();
+    if let Some(a) = &access
+        && let Some(jti) = a.jti()
+    {
+        let until = a.exp() + snap.config.tokens.leeway.as_secs();
+        commit(
+            gw,
+            Revocation::Jti {
+                jti: jti.into(),
+                until,
+            },
+        )
+        .await?;
+    }
+    let family = refresh
+        .as_ref()
+        .map(|r| r.family.as_str())
+        .or_else(|| access.as_ref().and_then(|a| a.family()));
+    if let Some(id) = family {
+        let until = now + family_lifetime(snap);
+        commit(
+            gw,
+            Revocation::Family {
+                id: id.into(),
+                until,
+            },
+        )
+        .await?;
+    }
+    tracing::info!(
+        subject = access
+            .as_ref()
+            .and_then(|a| a.subject())
+            .or(refresh.as_ref().map(|r| r.subject.as_str())),
+        "logout"
+    );
+    Ok(no_content())
+}
+
+/// `POST /auth/logout-all`: every token of the caller's subject issued up
+/// to now is refused, at the proxy and at refresh.
+pub async fn logout_all(
+    req: &Request<Incoming>,
+    gw: &Gateway,
+    snap: &Snapshot,
+) -> Result<Response<Body>, GatewayError> {
+    let caller = super::caller(req, gw, snap)?;
+    let subject = caller
+        .subject()
+        .ok_or(GatewayError::InvalidToken("the token has no subject"))?;
+    let now = now();
+    let revocation = Revocation::Subject {
+        subject: subject.into(),
+        cutoff: now,
+        until: now + family_lifetime(snap),
+    };
+    commit(gw, revocation).await?;
+    tracing::info!(%subject, "logout everywhere");
+    Ok(no_content())
+}
+
+/// Writes `r` to the store, then (only once it is durable) to memory.
+async fn commit(gw: &Gateway, r: Revocation) -> Result<(), GatewayError> {
+    let stored = match &r {
+        Revocation::Jti { jti, until } => gw.store.revoke_jti(jti, *until).await,
+        Revocation::Family { id, until } => gw.store.revoke_family(id, *until).await,
+        Revocation::Subject {
+            subject,
+            cutoff,
+            until,
+        } => gw.store.revoke_subject(subject, *cutoff, *until).await,
+    };
+    stored.map_err(store_failed)?;
+    gw.revocations.add(r);
+    Ok(())
+}
+
+/// A refresh token that verifies and was issued after any logout-all of its subject.
+fn verify_refresh(
+    token: &str,
+    gw: &Gateway,
+    snap: &Snapshot,
+) -> Result<RefreshClaims, GatewayError> {
+    let claims = snap
+        .verifier
+        .verify_refresh(token)
+        .map_err(|r| GatewayError::InvalidGrant(r.0))?;
+    if gw
+        .revocations
+        .subject_cutoff(&claims.subject, now())
+        .is_some_and(|cutoff| claims.iat <= cutoff)
+    {
+        return Err(GatewayError::InvalidGrant("refresh token revoked"));
+    }
+    Ok(claims)
+}
+
+/// A login: a new family, its first refresh token and an access token.
+async fn issue_new_family(
+    gw: &Gateway,
+    snap: &Snapshot,
+    account: &Account,
+) -> Result<Response<Body>, GatewayError> {
+    let key = signer(snap)?;
+    let now = now();
+    let iat = issued_at(gw, &account.subject, now);
+    let family_id = random_id();
+    let refresh = issue::sign_refresh(key, &snap.config.tokens, &account.subject, &family_id, iat)
+        .map_err(|_| cannot_sign())?;
+    let access = sign_access(key, snap, account, &family_id, iat)?;
+    let family = Family {
+        id: family_id,
+        subject: account.subject.clone(),
+        roles: account.roles.clone(),
+        claims: account.claims.clone(),
+        current: refresh.jti.clone(),
+        previous: None,
+        rotated_at: now,
+        exp: refresh.exp,
+        revoked: false,
+    };
+    gw.store
+        .insert_family(&family)
+        .await
+        .map_err(store_failed)?;
+    Ok(token_pair(snap, &access, &refresh))
+}
+
+/// An access token whose `jti` names its family (`{family}.{random}`), so
+/// revoking the family revokes it too.
+fn sign_access(
+    key: &Key,
+    snap: &Snapshot,
+    account: &Account,
+    family: &str,
+    iat: u64,
+) -> Result<Minted, GatewayError> {
+    let grant = Grant {
+        subject: &account.subject,
+        roles: &account.roles,
+        claims: &account.claims,
+        ttl: snap.config.tokens.access_ttl,
+    };
+    let jti = format!("{family}.{}", random_id());
+    issue::sign_access(key, &snap.config.tokens, &grant, jti, iat).map_err(|_| cannot_sign())
+}
+
+/// `iat` for a new token of `subject`: now, or just after a logout-all
+/// cutoff in this same second (tokens at or before the cutoff are refused).
+fn issued_at(gw: &Gateway, subject: &str, now: u64) -> u64 {
+    match gw.revocations.subject_cutoff(subject, now) {
+        Some(cutoff) if cutoff >= now => cutoff + 1,
+        _ => now,
+    }
+}
+
+fn signer(snap: &Snapshot) -> Result<&Key, GatewayError> {
+    snap.keys
+        .signer()
+        .map(AsRef::as_ref)
+        .ok_or(GatewayError::Internal("no key can sign"))
+}
+
+fn cannot_sign() -> GatewayError {
+    GatewayError::Internal("the token could not be signed")
+}
+
+fn store_failed(e: StoreError) -> GatewayError {
+    tracing::error!(error = %e, "state store failed; nothing was issued or revoked");
+    GatewayError::Unavailable("the state store is unavailable; nothing was changed")
+}
+
+/// Seconds an access token may still be accepted after it is issued.
+fn access_lifetime(snap: &Snapshot) -> u64 {
+    let t = &snap.config.tokens;
+    t.access_ttl.as_secs() + t.leeway.as_secs()
+}
+
+/// Seconds any token this gateway issued may still be accepted.
+fn family_lifetime(snap: &Snapshot) -> u64 {
+    let t = &snap.config.tokens;
+    t.refresh_ttl.max(t.access_ttl).as_secs() + t.leeway.as_secs()
+}
+
+/// RFC 6749 §5.1: the token response, never cached.
+fn token_pair(snap: &Snapshot, access: &Minted, refresh: &Minted) -> Response<Body> {
+    let t = &snap.config.tokens;
+    let mut rsp = json_response(
+        StatusCode::OK,
+        &json!({
+            "access_token": access.token,
+            "refresh_token": refresh.token,
+            "token_type": "Bearer",
+            "expires_in": t.access_ttl.as_secs(),
+            "refresh_expires_in": t.refresh_ttl.as_secs(),
+        }),
+    );
+    rsp.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    rsp
+}
+
+fn no_content() -> Response<Body> {
+    let mut rsp = Response::new(body::empty());
+    *rsp.status_mut() = StatusCode::NO_CONTENT;
+    rsp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    rsp
+}

@@ -1,0 +1,215 @@
+//! Who may log in: the users file (argon2id, or bcrypt for migrated users)
+//! or an existing API behind `verify_url`, with password work kept off the
+//! async workers and bounded, and the rate limits of `[login]`.
+//!
+//! An unknown username is checked against a dummy argon2id hash, so it takes
+//! as long as a wrong password and gets the same answer.
+
+pub mod ratelimit;
+mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+
+use crate::config::{ConfigErrors, Credentials, LoginConfig};
+use ratelimit::LoginLimits;
+pub use users::{PasswordHash, User, Users};
+
+/// How long a login may wait for a password-hashing slot, or for
+/// `verify_url` to answer, before the client gets a 503.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Largest `verify_url` answer read.
+const MAX_VERIFY_BODY: usize = 64 * 1024;
+
+/// The subject a successful login becomes, and what its tokens say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Account {
+    pub subject: String,
+    pub roles: Vec<String>,
+    pub claims: Map<String, Value>,
+}
+
+/// How a login attempt ended.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Valid(Account),
+    /// Unknown user or wrong password: the same answer for both.
+    Invalid,
+    /// The credentials could not be checked (busy, or `verify_url` down).
+    Unavailable,
+}
+
+/// The `[login]` section, ready to serve: built with each snapshot, so
+/// SIGHUP reloads the users file too.
+pub struct Login {
+    source: Source,
+    pub limits: LoginLimits,
+    /// Password checks running at once; more wait (up to [`WAIT`]).
+    hashing: Arc<Semaphore>,
+}
+
+enum Source {
+    Users {
+        users: Users,
+        dummy: Arc<PasswordHash>,
+    },
+    Remote {
+        uri: http::Uri,
+        client: Box<Client<HttpConnector, Full<Bytes>>>,
+    },
+}
+
+#[derive(Deserialize)]
+struct RemoteAccount {
+    subject: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    claims: Map<String, Value>,
+}
+
+impl Login {
+    /// Reads and checks the users file (when there is one).
+    ///
+    /// # Errors
+    /// The users file cannot be read, is not valid, or holds a hash that
+    /// is neither argon2 nor bcrypt.
+    pub fn new(cfg: &LoginConfig) -> Result<Login, ConfigErrors> {
+        let source = match &cfg.credentials {
+            Credentials::UsersFile(path) => Source::Users {
+                users: Users::load(path).map_err(ConfigErrors)?,
+                dummy: Arc::new(PasswordHash::dummy()),
+            },
+            Credentials::VerifyUrl(uri) => {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(Duration::from_secs(2)));
+                connector.set_nodelay(true);
+                Source::Remote {
+                    uri: uri.clone(),
+                    client: Box::new(Client::builder(TokioExecutor::new()).build(connector)),
+                }
+            }
+        };
+        let slots = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        Ok(Login {
+            source,
+            limits: LoginLimits::new(cfg.rate_limit_per_ip, cfg.rate_limit_per_user),
+            hashing: Arc::new(Semaphore::new(slots)),
+        })
+    }
+
+    /// How many users the users file holds (`None` with `verify_url`).
+    pub fn user_count(&self) -> Option<usize> {
+        match &self.source {
+            Source::Users { users, .. } => Some(users.len()),
+            Source::Remote { .. } => None,
+        }
+    }
+
+    /// Whether the users file holds a user named `name` (the demo-user warning).
+    pub fn has_user(&self, name: &str) -> bool {
+        matches!(&self.source, Source::Users { users, .. } if users.get(name).is_some())
+    }
+
+    /// Checks `username` and `password`.
+    pub async fn authenticate(&self, username: &str, password: &str) -> Outcome {
+        match &self.source {
+            Source::Users { users, dummy } => {
+                let (hash, user) = match users.get(username) {
+                    Some(u) => (Arc::clone(&u.password_hash), Some(u)),
+                    None => (Arc::clone(dummy), None),
+                };
+                match self.check_password(hash, password).await {
+                    Some(true) => match user {
+                        Some(u) => Outcome::Valid(u.account()),
+                        None => Outcome::Invalid,
+                    },
+                    Some(false) => Outcome::Invalid,
+                    None => Outcome::Unavailable,
+                }
+            }
+            Source::Remote { uri, client } => remote(client, uri, username, password).await,
+        }
+    }
+
+    /// Runs the hash on the blocking pool, at most `hashing` at once.
+    /// `None` when no slot came free in time or the task failed.
+    async fn check_password(&self, hash: Arc<PasswordHash>, password: &str) -> Option<bool> {
+        let permit = tokio::time::timeout(WAIT, Arc::clone(&self.hashing).acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        let password = password.to_owned();
+        let verified = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hash.verify(password.as_bytes())
+        })
+        .await;
+        verified.ok()
+    }
+}
+
+/// POSTs the credentials to `verify_url`: 200 with an account is a valid
+/// login, 401/403 an invalid one, anything else (or no answer) unavailable.
+async fn remote(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    uri: &http::Uri,
+    username: &str,
+    password: &str,
+) -> Outcome {
+    let body = serde_json::json!({ "username": username, "password": password }).to_string();
+    let req = Request::post(uri.clone())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json")
+        .body(Full::new(Bytes::from(body)));
+    let Ok(req) = req else {
+        return Outcome::Unavailable;
+    };
+    let rsp = match tokio::time::timeout(WAIT, client.request(req)).await {
+        Ok(Ok(rsp)) => rsp,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "verify_url unreachable");
+            return Outcome::Unavailable;
+        }
+        Err(_) => {
+            tracing::warn!("verify_url timed out");
+            return Outcome::Unavailable;
+        }
+    };
+    match rsp.status() {
+        StatusCode::OK => {}
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Outcome::Invalid,
+        status => {
+            tracing::warn!(%status, "verify_url answered with an unexpected status");
+            return Outcome::Unavailable;
+        }
+    }
+    let body = Limited::new(rsp.into_body(), MAX_VERIFY_BODY);
+    let read = tokio::time::timeout(WAIT, body.collect()).await;
+    let Ok(Ok(collected)) = read else {
+        tracing::warn!("verify_url's answer could not be read");
+        return Outcome::Unavailable;
+    };
+    match serde_json::from_slice::<RemoteAccount>(&collected.to_bytes()) {
+        Ok(a) if !a.subject.is_empty() => Outcome::Valid(Account {
+            subject: a.subject,
+            roles: a.roles,
+            claims: a.claims,
+        }),
+        _ => {
+            tracing::warn!("verify_url's 200 answer is not {{\"subject\", \"roles\", \"claims\"}}");
+            Outcome::Unavailable
+        }
+    }
+}
