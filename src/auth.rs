@@ -36,6 +36,8 @@ pub struct VerifiedClaims {
     /// `exp` in seconds since the epoch: the cache never keeps it longer.
     exp: u64,
     subject: Option<Box<str>>,
+    /// `iss` and `sub` as the revocation set names them (`subject_key`).
+    subject_key: Option<Box<str>>,
     /// `jti` (or, for a token without one, `#` and a digest of the token),
     /// and `iat`: what logout revokes and the proxy checks after a cache hit.
     jti: Option<Box<str>>,
@@ -116,7 +118,12 @@ impl VerifiedClaims {
             .filter(|_| own)
             .and_then(|j| j.split_once('.'))
             .map(|(fam, _)| fam.into());
+        let iss = claims.get("iss").and_then(Value::as_str);
+        let subject_key = subject
+            .as_deref()
+            .map(|sub| crate::store::revocations::subject_key(iss, sub).into());
         Ok(VerifiedClaims {
+            subject_key,
             iat: claims.get("iat").and_then(Value::as_u64),
             jti,
             family,
@@ -137,6 +144,11 @@ impl VerifiedClaims {
         self.subject.as_deref()
     }
 
+    /// The subject, qualified by its issuer: what logout-all revokes.
+    pub fn subject_key(&self) -> Option<&str> {
+        self.subject_key.as_deref()
+    }
+
     pub fn jti(&self) -> Option<&str> {
         self.jti.as_deref()
     }
@@ -155,7 +167,7 @@ impl VerifiedClaims {
         crate::store::revocations::TokenRef {
             jti: self.jti(),
             family: self.family(),
-            subject: self.subject(),
+            subject: self.subject_key(),
             iat: self.iat,
         }
     }

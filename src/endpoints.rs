@@ -140,6 +140,13 @@ fn verify(
         .or_else(|| text("x-original-uri"))
         .unwrap_or("/");
     let path = uri.split(['?', '#']).next().unwrap_or("/");
+    // The same refusal as the proxy path's: a path an upstream could read
+    // as another route's must not be judged by this one's rules.
+    if !path.starts_with('/') || crate::proxy::path::is_ambiguous(path) {
+        return Err(GatewayError::BadRequest(
+            "the forwarded path has dot-segments, empty segments or encoded characters an upstream could decode",
+        ));
+    }
     let method = text("x-forwarded-method")
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
         .unwrap_or(Method::GET);

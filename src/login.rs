@@ -54,7 +54,10 @@ pub enum Outcome {
 /// SIGHUP reloads the users file too.
 pub struct Login {
     source: Source,
-    pub limits: LoginLimits,
+    /// Shared with the next snapshot when a reload keeps the same rates,
+    /// so SIGHUP does not hand an attacker fresh attempts.
+    pub limits: Arc<LoginLimits>,
+    rates: (ratelimit::Rate, ratelimit::Rate),
     /// Password checks running at once; more wait (up to [`WAIT`]).
     hashing: Arc<Semaphore>,
 }
@@ -104,9 +107,20 @@ impl Login {
         let slots = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         Ok(Login {
             source,
-            limits: LoginLimits::new(cfg.rate_limit_per_ip, cfg.rate_limit_per_user),
+            limits: Arc::new(LoginLimits::new(
+                cfg.rate_limit_per_ip,
+                cfg.rate_limit_per_user,
+            )),
+            rates: (cfg.rate_limit_per_ip, cfg.rate_limit_per_user),
             hashing: Arc::new(Semaphore::new(slots)),
         })
+    }
+
+    /// Keeps `previous`'s rate-limit counters when the rates are unchanged.
+    pub fn carry_limits_from(&mut self, previous: &Login) {
+        if self.rates == previous.rates {
+            self.limits = Arc::clone(&previous.limits);
+        }
     }
 
     /// How many users the users file holds (`None` with `verify_url`).

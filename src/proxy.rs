@@ -5,7 +5,7 @@
 mod echo;
 pub mod forward;
 pub mod headers;
-mod path;
+pub(crate) mod path;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -29,8 +29,15 @@ use admin::Health;
 /// Binds the listeners of `snap`, serves until SIGTERM/SIGINT, reloads on SIGHUP.
 ///
 /// # Errors
-/// When a listener cannot be bound.
+/// When the state store cannot be opened or a listener cannot be bound.
 pub async fn serve(snap: Snapshot, config_path: PathBuf) -> std::io::Result<()> {
+    // The store first: a second gateway on the same state directory must
+    // fail before it binds anything (or answers a health check).
+    let state = snap.config.state.path.clone();
+    let gateway = Gateway::open(snap).await.map_err(|e| {
+        std::io::Error::other(format!("{e} (under [state] path {})", state.display()))
+    })?;
+    let snap = gateway.load_full();
     let listen = snap.config.server.listen;
     let listener = TcpListener::bind(listen)
         .await
@@ -52,10 +59,7 @@ pub async fn serve(snap: Snapshot, config_path: PathBuf) -> std::io::Result<()> 
         );
     }
     tracing::info!(addr = %listen, "{}", snap.summary());
-    let state = snap.config.state.path.clone();
-    let gateway = Gateway::open(snap).await.map_err(|e| {
-        std::io::Error::other(format!("{e} (under [state] path {})", state.display()))
-    })?;
+    drop(snap);
     let shared: Shared = Arc::new(gateway);
     signals::reload_on_sighup(Arc::clone(&shared), config_path);
     run(listener, shared, health, signals::shutdown()).await;

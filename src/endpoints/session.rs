@@ -76,7 +76,7 @@ pub async fn refresh(
     let tokens = &snap.config.tokens;
     let key = signer(snap)?;
     let now = now();
-    let iat = issued_at(gw, &presented.subject, now);
+    let iat = issued_at(gw, snap, &presented.subject, now);
     let next = issue::sign_refresh(key, tokens, &presented.subject, &presented.family, iat)
         .map_err(|_| cannot_sign())?;
     let rotation = gw
@@ -138,7 +138,7 @@ pub async fn logout(
         Ok(None) => None,
         Err(_) => return Err(GatewayError::MalformedAuthorization),
     };
-    let fields = form::read(req, access.is_some()).await?;
+    let fields = form::read(req, true).await?;
     let refresh = match fields.optional("refresh_token")? {
         Some(t) => Some(verify_refresh(t, gw, snap)?),
         None if access.is_none() => return Err(GatewayError::MissingToken),
@@ -198,12 +198,12 @@ pub async fn logout_all(
     snap: &Snapshot,
 ) -> Result<Response<Body>, GatewayError> {
     let caller = super::caller(req, gw, snap)?;
-    let subject = caller
-        .subject()
-        .ok_or(GatewayError::InvalidToken("the token has no subject"))?;
+    let (Some(subject), Some(key)) = (caller.subject(), caller.subject_key()) else {
+        return Err(GatewayError::InvalidToken("the token has no subject"));
+    };
     let now = now();
     let revocation = Revocation::Subject {
-        subject: subject.into(),
+        subject: key.into(),
         cutoff: now,
         until: now + family_lifetime(snap),
     };
@@ -240,7 +240,7 @@ fn verify_refresh(
         .map_err(|r| GatewayError::InvalidGrant(r.0))?;
     if gw
         .revocations
-        .subject_cutoff(&claims.subject, now())
+        .subject_cutoff(&own_subject_key(snap, &claims.subject), now())
         .is_some_and(|cutoff| claims.iat <= cutoff)
     {
         return Err(GatewayError::InvalidGrant("refresh token revoked"));
@@ -256,7 +256,7 @@ async fn issue_new_family(
 ) -> Result<Response<Body>, GatewayError> {
     let key = signer(snap)?;
     let now = now();
-    let iat = issued_at(gw, &account.subject, now);
+    let iat = issued_at(gw, snap, &account.subject, now);
     let family_id = random_id();
     let refresh = issue::sign_refresh(key, &snap.config.tokens, &account.subject, &family_id, iat)
         .map_err(|_| cannot_sign())?;
@@ -300,11 +300,19 @@ fn sign_access(
 
 /// `iat` for a new token of `subject`: now, or just after a logout-all
 /// cutoff in this same second (tokens at or before the cutoff are refused).
-fn issued_at(gw: &Gateway, subject: &str, now: u64) -> u64 {
-    match gw.revocations.subject_cutoff(subject, now) {
+fn issued_at(gw: &Gateway, snap: &Snapshot, subject: &str, now: u64) -> u64 {
+    match gw
+        .revocations
+        .subject_cutoff(&own_subject_key(snap, subject), now)
+    {
         Some(cutoff) if cutoff >= now => cutoff + 1,
         _ => now,
     }
+}
+
+/// The revocation set's name for `subject` of this gateway's own tokens.
+fn own_subject_key(snap: &Snapshot, subject: &str) -> String {
+    crate::store::revocations::subject_key(Some(&snap.config.tokens.issuer), subject)
 }
 
 fn signer(snap: &Snapshot) -> Result<&Key, GatewayError> {

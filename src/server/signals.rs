@@ -44,8 +44,11 @@ async fn reload(shared: &Shared, path: &std::path::Path) {
     // Key files are read and parsed here: keep that off the async workers.
     let built = tokio::task::spawn_blocking(move || Snapshot::load(&path_owned)).await;
     match built {
-        Ok(Ok(snap)) => {
+        Ok(Ok(mut snap)) => {
             let old = shared.load();
+            if let (Some(new), Some(old)) = (&mut snap.login, &old.login) {
+                new.carry_limits_from(old);
+            }
             if snap.config.server.listen != old.config.server.listen {
                 tracing::warn!("SIGHUP: [server] listen changed; it takes effect on restart");
             }
