@@ -87,7 +87,7 @@ pub async fn serve(
         Endpoint::Me => me(&req, gw, snap),
         Endpoint::Verify => verify(&req, gw, snap),
         Endpoint::Jwks => Ok(public_json(&crate::auth::jwks::jwks(&snap.keys))),
-        Endpoint::OpenIdConfiguration => Ok(public_json(&openid_configuration(&req, snap))),
+        Endpoint::OpenIdConfiguration => Ok(openid_configuration(&req, snap)),
     };
     answer.unwrap_or_else(GatewayError::into_response)
 }
@@ -136,9 +136,17 @@ fn verify(
 ) -> Result<Response<Body>, GatewayError> {
     let h = req.headers();
     let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
-    let uri = text("x-forwarded-uri")
-        .or_else(|| text("x-original-uri"))
-        .unwrap_or("/");
+    // nginx passes the client's own headers on to auth_request: a client
+    // could add the one header its proxy does not set. Two that disagree
+    // are refused rather than one of them believed.
+    let uri = match (text("x-forwarded-uri"), text("x-original-uri")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(GatewayError::BadRequest(
+                "X-Forwarded-Uri and X-Original-URI disagree",
+            ));
+        }
+        (a, b) => a.or(b).unwrap_or("/"),
+    };
     let path = uri.split(['?', '#']).next().unwrap_or("/");
     // The same refusal as the proxy path's: a path an upstream could read
     // as another route's must not be judged by this one's rules.
@@ -147,9 +155,17 @@ fn verify(
             "the forwarded path has dot-segments, empty segments or encoded characters an upstream could decode",
         ));
     }
-    let method = text("x-forwarded-method")
-        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-        .unwrap_or(Method::GET);
+    let method = match (text("x-forwarded-method"), text("x-original-method")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(GatewayError::BadRequest(
+                "X-Forwarded-Method and X-Original-Method disagree",
+            ));
+        }
+        (a, b) => a
+            .or(b)
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .unwrap_or(Method::GET),
+    };
     let host = text("x-forwarded-host").or_else(|| crate::proxy::host(req));
     let route = snap
         .routes
@@ -180,9 +196,10 @@ fn public_json(value: &serde_json::Value) -> Response<Body> {
 /// OpenID Connect Discovery 1.0 §3 (the parts that apply to a token
 /// issuer without an authorization endpoint). URLs are built from the
 /// request's `Host` when `[tokens] issuer` is not itself a URL.
-fn openid_configuration(req: &Request<Incoming>, snap: &Snapshot) -> serde_json::Value {
+fn openid_configuration(req: &Request<Incoming>, snap: &Snapshot) -> Response<Body> {
     let issuer = &snap.config.tokens.issuer;
-    let base = if issuer.starts_with("https://") || issuer.starts_with("http://") {
+    let from_issuer = issuer.starts_with("https://") || issuer.starts_with("http://");
+    let base = if from_issuer {
         issuer.trim_end_matches('/').to_string()
     } else {
         let host = crate::proxy::host(req).unwrap_or("localhost");
@@ -193,16 +210,20 @@ fn openid_configuration(req: &Request<Incoming>, snap: &Snapshot) -> serde_json:
         .iter()
         .map(|k| format!("{:?}", k.algorithm))
         .collect();
-    json!({
+    let doc = json!({
         "issuer": issuer,
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "token_endpoint": format!("{base}/auth/login"),
         "grant_types_supported": ["password", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["none"],
-        "response_types_supported": ["token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
         "userinfo_endpoint": format!("{base}/auth/me"),
-        "revocation_endpoint": format!("{base}/auth/logout"),
-    })
+    });
+    if from_issuer {
+        public_json(&doc)
+    } else {
+        // Built from this request's Host: no shared cache may keep it.
+        json_response(StatusCode::OK, &doc)
+    }
 }

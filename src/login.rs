@@ -46,6 +46,9 @@ pub enum Outcome {
     Valid(Account),
     /// Unknown user or wrong password: the same answer for both.
     Invalid,
+    /// The username's failed attempts are spent (checked once a hashing slot
+    /// is held, so attempts sent all at once are counted one by one).
+    Limited(ratelimit::RetryAfter),
     /// The credentials could not be checked (busy, or `verify_url` down).
     Unavailable,
 }
@@ -136,41 +139,73 @@ impl Login {
         matches!(&self.source, Source::Users { users, .. } if users.get(name).is_some())
     }
 
-    /// Checks `username` and `password`.
+    /// Checks `username` and `password`, and counts a failure against the
+    /// username's limit.
     pub async fn authenticate(&self, username: &str, password: &str) -> Outcome {
-        match &self.source {
+        let outcome = match &self.source {
             Source::Users { users, dummy } => {
                 let (hash, user) = match users.get(username) {
                     Some(u) => (Arc::clone(&u.password_hash), Some(u)),
                     None => (Arc::clone(dummy), None),
                 };
-                match self.check_password(hash, password).await {
-                    Some(true) => match user {
+                match self.check_password(hash, username, password).await {
+                    Ok(true) => match user {
                         Some(u) => Outcome::Valid(u.account()),
                         None => Outcome::Invalid,
                     },
-                    Some(false) => Outcome::Invalid,
-                    None => Outcome::Unavailable,
+                    Ok(false) => return Outcome::Invalid, // counted under the slot
+                    Err(outcome) => outcome,
                 }
             }
-            Source::Remote { uri, client } => remote(client, uri, username, password).await,
+            Source::Remote { uri, client } => {
+                if let Err(r) = self.limits.check_user(username) {
+                    return Outcome::Limited(r);
+                }
+                remote(client, uri, username, password).await
+            }
+        };
+        if outcome == Outcome::Invalid {
+            self.limits.record_failure(username);
+        }
+        outcome
+    }
+
+    /// The user whose `subject` this is, while the users file still lists
+    /// them (`None` with `verify_url`: such sessions cannot be re-checked).
+    pub fn current_account(&self, subject: &str) -> Option<Option<Account>> {
+        match &self.source {
+            Source::Users { users, .. } => Some(users.by_subject(subject).map(User::account)),
+            Source::Remote { .. } => None,
         }
     }
 
-    /// Runs the hash on the blocking pool, at most `hashing` at once.
-    /// `None` when no slot came free in time or the task failed.
-    async fn check_password(&self, hash: Arc<PasswordHash>, password: &str) -> Option<bool> {
+    /// Runs the hash on the blocking pool, at most `hashing` at once. The
+    /// username's limit is checked once the slot is held, and a failure is
+    /// counted before the slot is given back, so concurrent guesses cannot
+    /// all pass the check before the first failure is counted.
+    async fn check_password(
+        &self,
+        hash: Arc<PasswordHash>,
+        username: &str,
+        password: &str,
+    ) -> Result<bool, Outcome> {
         let permit = tokio::time::timeout(WAIT, Arc::clone(&self.hashing).acquire_owned())
             .await
-            .ok()?
-            .ok()?;
-        let password = password.to_owned();
-        let verified = tokio::task::spawn_blocking(move || {
+            .map_err(|_| Outcome::Unavailable)?
+            .map_err(|_| Outcome::Unavailable)?;
+        self.limits.check_user(username).map_err(Outcome::Limited)?;
+        let limits = Arc::clone(&self.limits);
+        let (username, password) = (username.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            hash.verify(password.as_bytes())
+            let ok = hash.verify(password.as_bytes());
+            if !ok {
+                limits.record_failure(&username);
+            }
+            ok
         })
-        .await;
-        verified.ok()
+        .await
+        .map_err(|_| Outcome::Unavailable)
     }
 }
 

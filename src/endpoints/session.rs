@@ -3,6 +3,8 @@
 //! issued or revoked (a 2xx is never lost to a crash), then updates the
 //! in-memory revocations the proxy path checks.
 
+use std::net::IpAddr;
+
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -28,9 +30,10 @@ pub async fn login(
     peer: &Peer,
 ) -> Result<Response<Body>, GatewayError> {
     let login = snap.login.as_ref().ok_or(NOT_FOUND)?;
+    let client = client_ip(req.headers(), peer, snap);
     login
         .limits
-        .check_ip(peer.addr.ip())
+        .check_ip(client)
         .map_err(|r| GatewayError::RateLimited(r.secs()))?;
     let fields = form::read(req, false).await?;
     // `grant_type=password`, `scope` and `client_id` are accepted and ignored.
@@ -46,10 +49,10 @@ pub async fn login(
             issue_new_family(gw, snap, &account).await
         }
         Outcome::Invalid => {
-            login.limits.record_failure(username);
-            tracing::info!(%username, peer = %peer.addr.ip(), "login failed");
+            tracing::info!(username = ?loggable(username), %client, "login failed");
             Err(GatewayError::InvalidCredentials)
         }
+        Outcome::Limited(r) => Err(GatewayError::RateLimited(r.secs())),
         Outcome::Unavailable => Err(GatewayError::Unavailable(
             "the credentials could not be checked; try again",
         )),
@@ -93,10 +96,27 @@ pub async fn refresh(
         .map_err(store_failed)?;
     match rotation {
         Rotation::Rotated(family) => {
-            let account = Account {
+            let stored = Account {
                 subject: family.subject,
                 roles: family.roles,
                 claims: family.claims,
+            };
+            // A user removed from the users file (and reloaded) loses their
+            // sessions at the next refresh; one whose roles changed gets the
+            // new roles. `verify_url` sessions keep what the login said.
+            let current = snap
+                .login
+                .as_ref()
+                .and_then(|l| l.current_account(&stored.subject));
+            let account = match current {
+                None => stored,
+                Some(Some(current)) => current,
+                Some(None) => {
+                    let until = now.saturating_add(family_lifetime(snap));
+                    let id = presented.family.clone();
+                    commit(gw, Revocation::Family { id, until }).await?;
+                    return Err(GatewayError::InvalidGrant("the user no longer exists"));
+                }
             };
             let access = sign_access(key, snap, &account, &presented.family, iat)?;
             Ok(token_pair(snap, &access, &next))
@@ -113,7 +133,7 @@ pub async fn refresh(
             // The store revoked the family; its access tokens go too.
             gw.revocations.add(Revocation::Family {
                 id: presented.family.clone(),
-                until: now + access_lifetime(snap),
+                until: now.saturating_add(access_lifetime(snap)),
             });
             Err(GatewayError::InvalidGrant("refresh token already used"))
         }
@@ -134,7 +154,7 @@ pub async fn logout(
 ) -> Result<Response<Body>, GatewayError> {
     // A token that is already revoked may still log out (logout is idempotent).
     let access = match bearer::extract(req.headers()) {
-        Ok(Some(t)) => Some(crate::proxy::verify_cached(t.as_str(), snap)?),
+        Ok(Some(t)) => Some(crate::proxy::verify_cached(t.as_str(), snap)),
         Ok(None) => None,
         Err(_) => return Err(GatewayError::MalformedAuthorization),
     };
@@ -142,6 +162,14 @@ pub async fn logout(
     let refresh = match fields.optional("refresh_token")? {
         Some(t) => Some(verify_refresh(t, gw, snap)?),
         None if access.is_none() => return Err(GatewayError::MissingToken),
+        None => None,
+    };
+    // With a valid refresh token, an access token that no longer verifies
+    // (it expired, typically) does not stop the session from ending.
+    let access = match access {
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) if refresh.is_some() => None,
+        Some(Err(e)) => return Err(e),
         None => None,
     };
     if let (Some(a), Some(r)) = (&access, &refresh)
@@ -155,7 +183,7 @@ pub async fn logout(
     if let Some(a) = &access
         && let Some(jti) = a.jti()
     {
-        let until = a.exp() + snap.config.tokens.leeway.as_secs();
+        let until = a.exp().saturating_add(snap.config.tokens.leeway.as_secs());
         commit(
             gw,
             Revocation::Jti {
@@ -170,7 +198,7 @@ pub async fn logout(
         .map(|r| r.family.as_str())
         .or_else(|| access.as_ref().and_then(|a| a.family()));
     if let Some(id) = family {
-        let until = now + family_lifetime(snap);
+        let until = now.saturating_add(family_lifetime(snap));
         commit(
             gw,
             Revocation::Family {
@@ -205,11 +233,54 @@ pub async fn logout_all(
     let revocation = Revocation::Subject {
         subject: key.into(),
         cutoff: now,
-        until: now + family_lifetime(snap),
+        until: now.saturating_add(family_lifetime(snap)),
     };
     commit(gw, revocation).await?;
     tracing::info!(%subject, "logout everywhere");
     Ok(no_content())
+}
+
+/// The client a login counts against: the peer, or, when the peer is a
+/// trusted proxy, the rightmost `X-Forwarded-For` hop that is not one (the
+/// same reading as the proxy path's).
+fn client_ip(headers: &http::HeaderMap, peer: &Peer, snap: &Snapshot) -> IpAddr {
+    let trusted = |ip: IpAddr| {
+        snap.config
+            .server
+            .trusted_proxies
+            .iter()
+            .any(|c| c.contains(ip))
+    };
+    let mut client = peer.addr.ip();
+    if !trusted(client) {
+        return client;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// A username as logs show it: at most 64 characters (then formatted with
+/// `?`, escaped, so a crafted name cannot forge log lines).
+fn loggable(username: &str) -> &str {
+    match username.char_indices().nth(64) {
+        Some((i, _)) => &username[..i],
+        None => username,
+    }
 }
 
 /// Writes `r` to the store, then (only once it is durable) to memory.

@@ -93,6 +93,8 @@ impl User {
 #[derive(Debug, Default)]
 pub struct Users {
     by_name: HashMap<String, User>,
+    /// subject -> username, for refresh (tokens carry the subject).
+    by_subject: HashMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -166,8 +168,15 @@ impl Users {
                 ));
             }
         }
+        let by_subject = by_name
+            .iter()
+            .map(|(name, u)| (u.subject.clone(), name.clone()))
+            .collect();
         if errors.is_empty() {
-            Ok(Users { by_name })
+            Ok(Users {
+                by_name,
+                by_subject,
+            })
         } else {
             Err(errors)
         }
@@ -175,6 +184,13 @@ impl Users {
 
     pub fn get(&self, username: &str) -> Option<&User> {
         self.by_name.get(username)
+    }
+
+    /// The user with this `subject` (`sub`).
+    pub fn by_subject(&self, subject: &str) -> Option<&User> {
+        self.by_subject
+            .get(subject)
+            .and_then(|name| self.by_name.get(name))
     }
 
     pub fn len(&self) -> usize {
