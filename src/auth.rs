@@ -36,10 +36,11 @@ pub struct VerifiedClaims {
     /// `exp` in seconds since the epoch: the cache never keeps it longer.
     exp: u64,
     subject: Option<Box<str>>,
-    /// `iss` and `sub` as the revocation set names them (`subject_key`).
+    /// `iss` and `sub` as the revocation set names them (`issuer_scoped`).
     subject_key: Option<Box<str>>,
-    /// `jti` (or, for a token without one, `#` and a digest of the token),
-    /// and `iat`: what logout revokes and the proxy checks after a cache hit.
+    /// The issuer-qualified `jti` (or, for a token without one, `#` and a
+    /// digest of the token), and `iat`: what logout revokes and the proxy
+    /// checks after a cache hit.
     jti: Option<Box<str>>,
     iat: Option<u64>,
     /// The refresh family an access token of this gateway was issued from
@@ -103,25 +104,32 @@ impl VerifiedClaims {
                 HeaderValue::from_str(&value).map_err(|_| bad)?,
             ));
         }
-        let jti: Box<str> = match claims.get("jti") {
-            Some(Value::String(j)) if !j.is_empty() => j.as_str().into(),
-            // PyJWT-style tokens often carry no jti: logout still needs a name for them.
-            _ => {
-                let digest =
-                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-                format!("#{}", URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16])).into()
-            }
+        let iss = claims.get("iss").and_then(Value::as_str);
+        let raw_jti = match claims.get("jti") {
+            Some(Value::String(j)) if !j.is_empty() => Some(j.as_str()),
+            _ => None,
         };
-        let jti = Some(jti);
-        let family = jti
-            .as_deref()
+        // An access token of this gateway names its family: `{family}.{random}`.
+        let family = raw_jti
             .filter(|_| own)
             .and_then(|j| j.split_once('.'))
             .map(|(fam, _)| fam.into());
-        let iss = claims.get("iss").and_then(Value::as_str);
+        // Revocations are kept per issuer, so another issuer's token cannot
+        // name (and revoke) one of ours. PyJWT-style tokens often carry no
+        // jti: logout still needs a name for them, a digest of the token.
+        let jti = match raw_jti {
+            Some(j) => crate::store::revocations::issuer_scoped(iss, j),
+            None => {
+                let digest =
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+                let name = format!("#{}", URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]));
+                crate::store::revocations::issuer_scoped(iss, &name)
+            }
+        };
+        let jti = Some(jti.into_boxed_str());
         let subject_key = subject
             .as_deref()
-            .map(|sub| crate::store::revocations::subject_key(iss, sub).into());
+            .map(|sub| crate::store::revocations::issuer_scoped(iss, sub).into());
         Ok(VerifiedClaims {
             subject_key,
             iat: claims.get("iat").and_then(Value::as_u64),

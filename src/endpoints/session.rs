@@ -79,7 +79,16 @@ pub async fn refresh(
     let tokens = &snap.config.tokens;
     let key = signer(snap)?;
     let now = now();
-    let iat = issued_at(gw, snap, &presented.subject, now);
+    // One read of the logout-all cutoff decides both whether the presented
+    // token is cut off and the new tokens' `iat`: read twice, a logout-all
+    // landing in between could stamp tokens from a cut-off session past it.
+    let cutoff = gw
+        .revocations
+        .subject_cutoff(&own_subject_key(snap, &presented.subject), now);
+    if cutoff.is_some_and(|c| presented.iat <= c) {
+        return Err(GatewayError::InvalidGrant("refresh token revoked"));
+    }
+    let iat = iat_after(cutoff, now);
     let next = issue::sign_refresh(key, tokens, &presented.subject, &presented.family, iat)
         .map_err(|_| cannot_sign())?;
     let rotation = gw
@@ -372,18 +381,22 @@ fn sign_access(
 /// `iat` for a new token of `subject`: now, or just after a logout-all
 /// cutoff in this same second (tokens at or before the cutoff are refused).
 fn issued_at(gw: &Gateway, snap: &Snapshot, subject: &str, now: u64) -> u64 {
-    match gw
+    let cutoff = gw
         .revocations
-        .subject_cutoff(&own_subject_key(snap, subject), now)
-    {
-        Some(cutoff) if cutoff >= now => cutoff + 1,
+        .subject_cutoff(&own_subject_key(snap, subject), now);
+    iat_after(cutoff, now)
+}
+
+fn iat_after(cutoff: Option<u64>, now: u64) -> u64 {
+    match cutoff {
+        Some(cutoff) if cutoff >= now => cutoff.saturating_add(1),
         _ => now,
     }
 }
 
 /// The revocation set's name for `subject` of this gateway's own tokens.
 fn own_subject_key(snap: &Snapshot, subject: &str) -> String {
-    crate::store::revocations::subject_key(Some(&snap.config.tokens.issuer), subject)
+    crate::store::revocations::issuer_scoped(Some(&snap.config.tokens.issuer), subject)
 }
 
 fn signer(snap: &Snapshot) -> Result<&Key, GatewayError> {

@@ -30,12 +30,12 @@ struct Sets {
     subjects: HashMap<Box<str>, (u64, u64)>,
 }
 
-/// The name a subject's logout-all cutoff is kept under: the subject of
+/// The name a revocation is kept under: a `sub` (logout-all) or `jti` of
 /// one issuer, so a token of another issuer that happens to carry the same
-/// `sub` can neither set nor trip it.
-pub fn subject_key(issuer: Option<&str>, subject: &str) -> String {
+/// value can neither set nor trip it. (`{len(iss)}:{iss}{value}`.)
+pub fn issuer_scoped(issuer: Option<&str>, value: &str) -> String {
     let issuer = issuer.unwrap_or("");
-    format!("{}:{issuer}{subject}", issuer.len())
+    format!("{}:{issuer}{value}", issuer.len())
 }
 
 /// What the check needs to know about a token.
@@ -43,7 +43,7 @@ pub fn subject_key(issuer: Option<&str>, subject: &str) -> String {
 pub struct TokenRef<'a> {
     pub jti: Option<&'a str>,
     pub family: Option<&'a str>,
-    /// See [`subject_key`].
+    /// See [`issuer_scoped`].
     pub subject: Option<&'a str>,
     pub iat: Option<u64>,
 }
@@ -76,7 +76,7 @@ impl Revocations {
         Ok(())
     }
 
-    /// The logout-all cutoff of a [`subject_key`], if one is in force.
+    /// The logout-all cutoff of a [`issuer_scoped`], if one is in force.
     pub fn subject_cutoff(&self, subject: &str, now: u64) -> Option<u64> {
         let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
         sets.subjects

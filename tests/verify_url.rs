@@ -1,0 +1,159 @@
+//! `[login] verify_url`: the gateway asks an existing API whether the
+//! credentials are good (SPEC §2): 200 with an account is a login, 401/403
+//! an invalid one, anything else (or no answer) a 503 to the client.
+mod support;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use support::*;
+
+/// A credentials API: `alice`/`pw` is good (subject 42, role admin);
+/// `broken` gets a 500; `garbage` a 200 that is not an account; anyone else
+/// a 401. Records every JSON body it receives.
+async fn credentials_api() -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let addr = serve_upstream(move |req: Request<Incoming>| {
+        let log = Arc::clone(&log);
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            log.lock().unwrap().push(v.clone());
+            let (status, answer) = match (v["username"].as_str(), v["password"].as_str()) {
+                (Some("alice"), Some("pw")) => (
+                    StatusCode::OK,
+                    json!({"subject": "42", "roles": ["admin"], "claims": {"email": "a@example.com"}}),
+                ),
+                (Some("broken"), _) => (StatusCode::INTERNAL_SERVER_ERROR, json!({})),
+                (Some("garbage"), _) => (StatusCode::OK, json!({"nope": true})),
+                _ => (StatusCode::UNAUTHORIZED, json!({})),
+            };
+            let mut rsp = Response::new(Full::new(Bytes::from(answer.to_string())));
+            *rsp.status_mut() = status;
+            Ok::<_, Infallible>(rsp)
+        }
+    })
+    .await;
+    (addr, seen)
+}
+
+fn config(up: std::net::SocketAddr, verify: &str) -> String {
+    config_with(
+        up,
+        &format!(
+            r#"
+[login]
+verify_url = "{verify}"
+rate_limit_per_ip = "1000/min"
+rate_limit_per_user = "1000/min"
+
+[[routes]]
+path_prefix = "/"
+upstream = "up"
+"#
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_200_from_verify_url_is_a_login_with_its_subject_roles_and_claims() {
+    let up = TestUpstream::start().await;
+    let (api, seen) = credentials_api().await;
+    let gw = TestGateway::start(&config(up.addr, &format!("http://{api}/verify"))).await;
+    let r = post_json(
+        &gw.url("/auth/login"),
+        &[],
+        &json!({"username": "alice", "password": "pw"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        seen.lock().unwrap()[0],
+        json!({"username": "alice", "password": "pw"})
+    );
+    let access = r.json()["access_token"].as_str().unwrap().to_string();
+    let r = get_with_token(&gw.url("/x"), &access).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.upstream_header("x-auth-subject").as_deref(), Some("42"));
+    assert_eq!(r.upstream_header("x-auth-roles").as_deref(), Some("admin"));
+    assert_eq!(
+        r.upstream_header("x-auth-email").as_deref(),
+        Some("a@example.com")
+    );
+}
+
+#[tokio::test]
+async fn a_401_from_verify_url_is_invalid_credentials() {
+    let up = TestUpstream::start().await;
+    let (api, _) = credentials_api().await;
+    let gw = TestGateway::start(&config(up.addr, &format!("http://{api}/verify"))).await;
+    let r = post_json(
+        &gw.url("/auth/login"),
+        &[],
+        &json!({"username": "alice", "password": "wrong"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"], "invalid_credentials");
+}
+
+#[tokio::test]
+async fn anything_else_from_verify_url_is_a_503() {
+    let up = TestUpstream::start().await;
+    let (api, _) = credentials_api().await;
+    let gw = TestGateway::start(&config(up.addr, &format!("http://{api}/verify"))).await;
+    for user in ["broken", "garbage"] {
+        let r = post_json(
+            &gw.url("/auth/login"),
+            &[],
+            &json!({"username": user, "password": "pw"}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{user}");
+        assert_eq!(r.json()["error"], "temporarily_unavailable");
+    }
+    // Nothing listening: 503 too.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = closed.local_addr().unwrap();
+    drop(closed);
+    let gw = TestGateway::start(&config(up.addr, &format!("http://{gone}/verify"))).await;
+    let r = post_json(
+        &gw.url("/auth/login"),
+        &[],
+        &json!({"username": "alice", "password": "pw"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn refresh_works_for_verify_url_sessions() {
+    let up = TestUpstream::start().await;
+    let (api, seen) = credentials_api().await;
+    let gw = TestGateway::start(&config(up.addr, &format!("http://{api}/verify"))).await;
+    let r = post_json(
+        &gw.url("/auth/login"),
+        &[],
+        &json!({"username": "alice", "password": "pw"}),
+    )
+    .await;
+    let refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
+    let r = post_json(
+        &gw.url("/auth/refresh"),
+        &[],
+        &json!({ "refresh_token": refresh }),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let access = r.json()["access_token"].as_str().unwrap().to_string();
+    let r = get_with_token(&gw.url("/x"), &access).await;
+    assert_eq!(r.upstream_header("x-auth-roles").as_deref(), Some("admin"));
+    // The credentials API was asked once: at login, not at refresh.
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
