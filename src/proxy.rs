@@ -6,6 +6,7 @@ mod echo;
 pub mod forward;
 pub mod headers;
 pub(crate) mod path;
+mod pool;
 pub mod upstream;
 
 use std::net::SocketAddr;

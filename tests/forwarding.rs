@@ -708,3 +708,81 @@ async fn a_websocket_upgrade_without_a_token_is_401_and_never_reaches_the_upstre
     );
     assert!(up.heads().is_empty());
 }
+
+/// An upstream that counts the connections it accepts; with `close_after`,
+/// it answers `Connection: close` and hangs up after each response.
+async fn counting_upstream(close_after: bool) -> (std::net::SocketAddr, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(Mutex::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            *count.lock().unwrap() += 1;
+            let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+                let mut rsp = Response::new(Full::new(Bytes::from_static(b"pong")));
+                if close_after {
+                    rsp.headers_mut()
+                        .insert(header::CONNECTION, "close".parse().unwrap());
+                }
+                Ok::<_, std::convert::Infallible>(rsp)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .keep_alive(!close_after)
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (up, accepted) = counting_upstream(false).await;
+    let gw = TestGateway::start(&config_with(up, ROUTES)).await;
+    for _ in 0..10 {
+        let r = get(&gw.url("/public/ping"), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(&r.body[..], b"pong");
+    }
+    assert_eq!(
+        *accepted.lock().unwrap(),
+        1,
+        "one pooled connection serves all ten"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_after_each_response_still_gets_every_request() {
+    let (up, accepted) = counting_upstream(true).await;
+    let gw = TestGateway::start(&config_with(up, ROUTES)).await;
+    for _ in 0..5 {
+        let r = get(&gw.url("/public/ping"), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        // Give the close time to land, so the next request meets a closed connection.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*accepted.lock().unwrap(), 5);
+}
+
+#[tokio::test]
+async fn a_response_abandoned_half_read_does_not_poison_the_pool() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&config_with(up.addr, ROUTES)).await;
+    // Read only the head of a long chunked response, then drop it.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /public/stream/64 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let _ = s.read(&mut head).await.unwrap();
+    drop(s);
+    for _ in 0..5 {
+        let r = get(&gw.url("/public/after"), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+}

@@ -5,16 +5,16 @@
 //! answer to an upgrade request joins the two upgraded connections.
 
 use std::any::Any;
-use std::error::Error as _;
-use std::io;
 use std::sync::Arc;
 
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use super::headers::strip_hop_by_hop;
+use super::pool::{ConnectError, Pool, Pooled};
 use super::upstream::Upstream;
 use crate::body::{self, Body};
 use crate::config::Target;
@@ -44,39 +44,35 @@ pub async fn forward(
     path_and_query: PathAndQuery,
     downstream_upgrade: Option<Upgrade>,
 ) -> Result<Response<Body>, GatewayError> {
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
-    *req.uri_mut() = uri;
-    // HTTP/2 clients send :authority, not Host; HTTP/1.1 upstreams need one.
+    // HTTP/1.1 upstreams get the origin form and a Host.
+    *req.uri_mut() = Uri::from(path_and_query);
     if !req.headers().contains_key(header::HOST) {
+        // HTTP/2 clients send :authority, not Host.
         let host = HeaderValue::from_str(authority.as_str())
             .expect("an authority is a valid header value");
         req.headers_mut().insert(header::HOST, host);
     }
     *req.version_mut() = http::Version::HTTP_11;
 
-    let sent = tokio::time::timeout(upstream.timeout, upstream.client.request(req)).await;
-    let mut rsp = match sent {
+    let pool = upstream.pool(target_index);
+    let sent = tokio::time::timeout(upstream.timeout, send(req, pool, upstream, authority)).await;
+    let (mut rsp, sender) = match sent {
         Err(_elapsed) => {
             tracing::warn!(upstream = %upstream.name, target = %authority, "upstream timed out");
             return Err(GatewayError::UpstreamTimeout);
         }
         Ok(Err(e)) => {
             tracing::warn!(upstream = %upstream.name, target = %authority, error = %e, "upstream request failed");
-            if e.is_connect() {
-                upstream.eject(target_index);
-            }
-            return Err(if is_timeout(&e) {
-                GatewayError::UpstreamTimeout
-            } else {
-                GatewayError::UpstreamConnect
+            return Err(match e {
+                Failed::Connect(ConnectError::TimedOut) => GatewayError::UpstreamTimeout,
+                Failed::Connect(_) => {
+                    upstream.eject(target_index);
+                    GatewayError::UpstreamConnect
+                }
+                Failed::Exchange(_) => GatewayError::UpstreamConnect,
             });
         }
-        Ok(Ok(rsp)) => rsp,
+        Ok(Ok(pair)) => pair,
     };
 
     let upgraded = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -85,7 +81,60 @@ pub async fn forward(
         tokio::spawn(join_upgraded(downstream, upstream_io));
     }
     strip_hop_by_hop(rsp.headers_mut(), upgraded);
-    Ok(rsp.map(body::stream::<Incoming>))
+    if upgraded {
+        // The connection now carries the tunnel: never reused.
+        drop(sender);
+        return Ok(rsp.map(body::stream::<Incoming>));
+    }
+    let pool = Arc::clone(pool);
+    Ok(rsp.map(|b| body::stream(Pooled::new(b, sender, pool))))
+}
+
+/// Why an exchange with the upstream failed.
+#[derive(Debug)]
+enum Failed {
+    Connect(ConnectError),
+    Exchange(hyper::Error),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Connect(e) => e.fmt(f),
+            Failed::Exchange(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Sends `req` on a pooled connection, or a new one. A reused connection
+/// that the upstream closed before taking the request (the keep-alive race)
+/// gets the request retried once on a new connection.
+async fn send(
+    req: Request<Body>,
+    pool: &Pool,
+    upstream: &Upstream,
+    authority: &http::uri::Authority,
+) -> Result<(Response<Incoming>, SendRequest<Body>), Failed> {
+    let (mut sender, reused) = pool
+        .get(authority, upstream.connect_timeout)
+        .await
+        .map_err(Failed::Connect)?;
+    let mut err = match sender.try_send_request(req).await {
+        Ok(rsp) => return Ok((rsp, sender)),
+        Err(e) => e,
+    };
+    match err.take_message() {
+        Some(req) if reused => {
+            let mut sender = Pool::connect(authority, upstream.connect_timeout)
+                .await
+                .map_err(Failed::Connect)?;
+            match sender.send_request(req).await {
+                Ok(rsp) => Ok((rsp, sender)),
+                Err(e) => Err(Failed::Exchange(e)),
+            }
+        }
+        _ => Err(Failed::Exchange(err.into_error())),
+    }
 }
 
 /// Copies bytes both ways between the two upgraded connections until either closes.
@@ -103,20 +152,6 @@ async fn join_upgraded(down: Upgrade, up: hyper::upgrade::OnUpgrade) {
     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         tracing::debug!(error = %e, "upgraded connection ended");
     }
-}
-
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = e.source();
-    while let Some(s) = source {
-        // hyper-util's connector reports its connect_timeout as io::ErrorKind::TimedOut.
-        if s.downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// Where a target sends: `None` for the in-process echo.

@@ -1,14 +1,11 @@
 //! An upstream: its targets, round-robin selection with passive ejection of
-//! targets that refuse connections, and its pooled HTTP client.
+//! targets that refuse connections, and a keep-alive pool per target.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
-use crate::body::Body;
+use super::pool::Pool;
 use crate::config::{Target, UpstreamSpec};
 
 /// How long a target whose connection failed is skipped.
@@ -18,8 +15,7 @@ pub struct Upstream {
     pub name: String,
     targets: Box<[Slot]>,
     next: AtomicUsize,
-    /// Keep-alive pool shared by this upstream's targets.
-    pub client: Client<HttpConnector, Body>,
+    pub connect_timeout: Duration,
     /// From sending the request to the response head: 504 beyond it.
     pub timeout: Duration,
     /// The clock the ejection deadlines count from.
@@ -30,17 +26,11 @@ struct Slot {
     target: Target,
     /// Milliseconds since `epoch` until which the target is skipped (0: never ejected).
     ejected_until: AtomicU64,
+    pool: Arc<Pool>,
 }
 
 impl Upstream {
     pub fn new(spec: &UpstreamSpec) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(spec.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         Upstream {
             name: spec.name.clone(),
             targets: spec
@@ -49,10 +39,11 @@ impl Upstream {
                 .map(|t| Slot {
                     target: t.clone(),
                     ejected_until: AtomicU64::new(0),
+                    pool: Arc::default(),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
-            client,
+            connect_timeout: spec.connect_timeout,
             timeout: spec.timeout,
             epoch: Instant::now(),
         }
@@ -76,6 +67,11 @@ impl Upstream {
             .find(|&i| self.targets[i].ejected_until.load(Ordering::Relaxed) <= now)
             .unwrap_or(start % n);
         (i, &self.targets[i].target)
+    }
+
+    /// The keep-alive connections of target `i`.
+    pub fn pool(&self, i: usize) -> &Arc<Pool> {
+        &self.targets[i].pool
     }
 
     /// Skips target `i` for [`EJECT_FOR`].
