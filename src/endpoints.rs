@@ -104,7 +104,7 @@ fn caller(
         Ok(None) => return Err(GatewayError::MissingToken),
         Err(_) => return Err(GatewayError::MalformedAuthorization),
     };
-    let claims = crate::proxy::verify_cached(token.as_str(), snap)?;
+    let claims = crate::proxy::verify_cached(token, snap)?;
     gw.revocations
         .check(claims.revocation_ref())
         .map_err(GatewayError::InvalidToken)?;

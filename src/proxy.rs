@@ -17,7 +17,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
 use hyper::body::{Body as _, Incoming};
 
-use crate::auth::{VerifiedClaims, bearer};
+use crate::auth::{BearerToken, VerifiedClaims, bearer};
 use crate::body::{self, Body, Deadline};
 use crate::config::AuthMode;
 use crate::error::GatewayError;
@@ -158,7 +158,7 @@ fn authenticate(
         return Ok(None);
     }
     let token = match bearer::extract(headers) {
-        Ok(Some(token)) => token.as_str(),
+        Ok(Some(token)) => token,
         Ok(None) if route.auth == AuthMode::Optional => return Ok(None),
         Ok(None) => return Err(GatewayError::MissingToken),
         Err(_) => return Err(GatewayError::MalformedAuthorization),
@@ -168,12 +168,16 @@ fn authenticate(
 
 /// The verified claims of `token`: from the cache, or verified and cached.
 pub(crate) fn verify_cached(
-    token: &str,
+    token: BearerToken<'_>,
     snap: &Snapshot,
 ) -> Result<Arc<VerifiedClaims>, GatewayError> {
-    if let Some(hit) = snap.cache.get(token) {
+    if let Some(hit) = snap.cache.get(token.as_str()) {
         return Ok(hit);
     }
+    token
+        .check_syntax()
+        .map_err(|_| GatewayError::MalformedAuthorization)?;
+    let token = token.as_str();
     let claims = snap
         .verifier
         .verify(token)

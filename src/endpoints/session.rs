@@ -163,7 +163,7 @@ pub async fn logout(
 ) -> Result<Response<Body>, GatewayError> {
     // A token that is already revoked may still log out (logout is idempotent).
     let access = match bearer::extract(req.headers()) {
-        Ok(Some(t)) => Some(crate::proxy::verify_cached(t.as_str(), snap)),
+        Ok(Some(t)) => Some(crate::proxy::verify_cached(t, snap)),
         Ok(None) => None,
         Err(_) => return Err(GatewayError::MalformedAuthorization),
     };

@@ -51,6 +51,17 @@ fn connection_has(h: &HeaderMap, token: &str) -> bool {
 
 /// Drops hop-by-hop headers; keeps `Upgrade` + `Connection: upgrade` when `upgrade`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of them: one pass over the names present
+    // is far cheaper than hashing and removing each of the fixed set.
+    let any = h
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k));
+    if !any {
+        if upgrade {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     // `Connection: keep-alive` / `close` / `upgrade` name nothing outside the
     // fixed set below: collect names only when the client named others.
     let fixed = ["keep-alive", "close", "upgrade"];

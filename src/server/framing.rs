@@ -196,25 +196,28 @@ impl Tracker {
                     }
                 }
                 _ => {
-                    let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+                    let Some(nl) = memchr::memchr(b'\n', data) else {
                         self.line.extend_from_slice(data);
                         if self.line.len() > self.max_line {
                             self.state = State::Off;
                         }
                         return None;
                     };
-                    self.line.extend_from_slice(&data[..nl]);
+                    let found = if self.line.is_empty() {
+                        // The whole line is in this read: no copy.
+                        self.on_line(strip_cr(&data[..nl]))
+                    } else {
+                        self.line.extend_from_slice(&data[..nl]);
+                        let mut line = std::mem::take(&mut self.line);
+                        let found = self.on_line(strip_cr(&line));
+                        line.clear();
+                        // Keep a small buffer for the next line, not a long one's.
+                        if line.capacity() <= 1024 {
+                            self.line = line;
+                        }
+                        found
+                    };
                     data = &data[nl + 1..];
-                    let mut line = std::mem::take(&mut self.line);
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
-                    let found = self.on_line(&line);
-                    line.clear();
-                    // Keep a small buffer for the next line, not a long one's.
-                    if line.capacity() <= 1024 {
-                        self.line = line;
-                    }
                     if found.is_some() {
                         return found;
                     }
@@ -341,6 +344,10 @@ fn digits(v: &[u8]) -> Option<u64> {
         }
         acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
     })
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 fn trim(mut b: &[u8]) -> &[u8] {
