@@ -51,36 +51,38 @@ fn connection_has(h: &HeaderMap, token: &str) -> bool {
 
 /// Drops hop-by-hop headers; keeps `Upgrade` + `Connection: upgrade` when `upgrade`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none of them: one pass over the names present
-    // is far cheaper than hashing and removing each of the fixed set.
-    let any = h
-        .keys()
-        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k));
-    if !any {
-        if upgrade {
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    // Most messages carry one or none of them (`Connection: keep-alive`):
+    // one pass over the names present finds which to remove, rather than
+    // hashing and removing each name of the fixed set.
+    let mut present = [false; HOP_BY_HOP.len() + 1];
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present[i] = true;
+        } else if k == header::UPGRADE {
+            present[HOP_BY_HOP.len()] = true;
         }
-        return;
     }
     // `Connection: keep-alive` / `close` / `upgrade` name nothing outside the
-    // fixed set below: collect names only when the client named others.
-    let fixed = ["keep-alive", "close", "upgrade"];
-    if connection_tokens(h).any(|t| !fixed.iter().any(|f| t.eq_ignore_ascii_case(f))) {
-        let named: Vec<HeaderName> = connection_tokens(h)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(upgrade && name == header::UPGRADE) {
-                h.remove(name);
+    // fixed set: collect names only when the client named others.
+    if present[0] {
+        let fixed = ["keep-alive", "close", "upgrade"];
+        if connection_tokens(h).any(|t| !fixed.iter().any(|f| t.eq_ignore_ascii_case(f))) {
+            let named: Vec<HeaderName> = connection_tokens(h)
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect();
+            for name in named {
+                if !(upgrade && name == header::UPGRADE) {
+                    h.remove(name);
+                }
             }
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         h.remove(name);
     }
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present[HOP_BY_HOP.len()] {
         h.remove(header::UPGRADE);
     }
 }
