@@ -30,9 +30,18 @@ pub use verify::{RefreshClaims, Rejected, Verifier};
 /// The claims of a token whose signature and time/issuer/audience checks
 /// passed, with the identity headers for upstreams computed once, so a cache
 /// hit parses and formats nothing. Only `auth::verify` builds one.
+///
+/// It keeps what the request path reads, not the parsed claims: a
+/// `serde_json` map costs about a kilobyte an entry, and the cache holds up
+/// to `[cache] max_entries` of these. The whole claim set stays available
+/// as the token's signed payload segment (which is also what
+/// `X-Auth-Claims` carries: base64url of the claims' JSON).
 #[derive(Debug)]
 pub struct VerifiedClaims {
-    claims: Map<String, Value>,
+    /// The token's payload segment: base64url (no padding) of the claims' JSON.
+    payload: HeaderValue,
+    /// The claims route rules compare (`[[routes]] claims`), by name.
+    rule_claims: Box<[(Box<str>, Value)]>,
     /// `exp` in seconds since the epoch: the cache never keeps it longer.
     exp: u64,
     subject: Option<Box<str>>,
@@ -60,6 +69,7 @@ impl VerifiedClaims {
     /// carry (the token is then refused rather than forwarded without identity).
     fn build(
         token: &str,
+        payload_b64: &str,
         claims: Map<String, Value>,
         exp: u64,
         own: bool,
@@ -88,10 +98,10 @@ impl VerifiedClaims {
             let joined = HeaderValue::from_str(&roles.join(",")).map_err(|_| bad)?;
             headers.push((name.clone(), joined));
         }
+        // base64url is always a valid header value.
+        let payload = HeaderValue::from_str(payload_b64).map_err(|_| bad)?;
         if let Some(name) = &ids.claims_header {
-            let json = serde_json::to_vec(&claims).map_err(|_| bad)?;
-            let b64 = URL_SAFE_NO_PAD.encode(json);
-            headers.push((name.clone(), HeaderValue::from_str(&b64).map_err(|_| bad)?));
+            headers.push((name.clone(), payload.clone()));
         }
         for (claim, name) in &ids.claim_headers {
             let value = match claims.get(claim) {
@@ -130,12 +140,18 @@ impl VerifiedClaims {
         let subject_key = subject
             .as_deref()
             .map(|sub| crate::store::revocations::issuer_scoped(iss, sub).into());
+        let rule_claims = ids
+            .rule_claims
+            .iter()
+            .filter_map(|n| claims.get(n).map(|v| (n.as_str().into(), v.clone())))
+            .collect();
         Ok(VerifiedClaims {
+            payload,
+            rule_claims,
             subject_key,
             iat: claims.get("iat").and_then(Value::as_u64),
             jti,
             family,
-            claims,
             exp,
             subject,
             roles: roles.into_boxed_slice(),
@@ -188,12 +204,22 @@ impl VerifiedClaims {
         &self.scopes
     }
 
+    /// A claim a route rule names (others are not kept: see [`Self::claims`]).
     pub fn claim(&self, name: &str) -> Option<&Value> {
-        self.claims.get(name)
+        self.rule_claims
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v)
     }
 
-    pub fn claims(&self) -> &Map<String, Value> {
-        &self.claims
+    /// Every claim, decoded again from the signed payload (for `/auth/me`;
+    /// not on the proxy path).
+    pub fn claims(&self) -> Map<String, Value> {
+        URL_SAFE_NO_PAD
+            .decode(self.payload.as_bytes())
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .unwrap_or_default()
     }
 
     /// The identity headers to set on the upstream request.
@@ -226,6 +252,8 @@ pub struct Identity {
     claims_header: Option<HeaderName>,
     claim_headers: Vec<(String, HeaderName)>,
     roles_claim: String,
+    /// Claim names that route rules compare: the only claims kept per token.
+    rule_claims: Box<[String]>,
     /// Pass the client's `Authorization` header on to upstreams.
     pub forward_authorization: bool,
     /// Every configured identity header: stripped from every client request.
@@ -233,7 +261,8 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn new(cfg: &IdentityConfig) -> Self {
+    /// `rule_claims`: the claim names any route's `claims` rule compares.
+    pub fn new(cfg: &IdentityConfig, rule_claims: Vec<String>) -> Self {
         let all = cfg
             .subject_header
             .iter()
@@ -248,6 +277,7 @@ impl Identity {
             claims_header: cfg.claims_header.clone(),
             claim_headers: cfg.claim_headers.clone(),
             roles_claim: cfg.roles_claim.clone(),
+            rule_claims: rule_claims.into(),
             forward_authorization: cfg.forward_authorization,
             all,
         }
@@ -265,21 +295,25 @@ mod tests {
     use serde_json::json;
 
     fn identity() -> Identity {
-        Identity::new(&IdentityConfig {
-            subject_header: Some(HeaderName::from_static("x-auth-subject")),
-            roles_header: Some(HeaderName::from_static("x-auth-roles")),
-            claims_header: Some(HeaderName::from_static("x-auth-claims")),
-            claim_headers: vec![("email".into(), HeaderName::from_static("x-auth-email"))],
-            roles_claim: "roles".into(),
-            forward_authorization: true,
-        })
+        Identity::new(
+            &IdentityConfig {
+                subject_header: Some(HeaderName::from_static("x-auth-subject")),
+                roles_header: Some(HeaderName::from_static("x-auth-roles")),
+                claims_header: Some(HeaderName::from_static("x-auth-claims")),
+                claim_headers: vec![("email".into(), HeaderName::from_static("x-auth-email"))],
+                roles_claim: "roles".into(),
+                forward_authorization: true,
+            },
+            vec!["tenant".into()],
+        )
     }
 
     fn build(v: Value) -> Result<VerifiedClaims, &'static str> {
         let Value::Object(map) = v else {
             unreachable!()
         };
-        VerifiedClaims::build("t", map, 1, true, &identity())
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&map).unwrap());
+        VerifiedClaims::build("t", &payload, map, 1, true, &identity())
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn me(
     let claims = caller(req, gw, snap)?;
     Ok(json_response(
         StatusCode::OK,
-        &serde_json::Value::Object(claims.claims().clone()),
+        &serde_json::Value::Object(claims.claims()),
     ))
 }
 

@@ -171,7 +171,8 @@ pub(crate) fn verify_cached(
     token: BearerToken<'_>,
     snap: &Snapshot,
 ) -> Result<Arc<VerifiedClaims>, GatewayError> {
-    if let Some(hit) = snap.cache.get(token.as_str()) {
+    let key = crate::auth::cache::Key::of(token.as_str());
+    if let Some(hit) = snap.cache.get_key(&key) {
         return Ok(hit);
     }
     token
@@ -183,7 +184,7 @@ pub(crate) fn verify_cached(
         .verify(token)
         .map_err(|r| GatewayError::InvalidToken(r.0))?;
     let claims = Arc::new(claims);
-    snap.cache.insert(token, Arc::clone(&claims));
+    snap.cache.insert_key(key, Arc::clone(&claims));
     Ok(claims)
 }
 

@@ -106,7 +106,14 @@ impl Snapshot {
             keys.push(key);
             generated_key = Some(path);
         }
-        let identity = Identity::new(&config.identity);
+        let mut rule_claims: Vec<String> = config
+            .routes
+            .iter()
+            .flat_map(|r| r.claims.iter().map(|(name, _)| name.clone()))
+            .collect();
+        rule_claims.sort();
+        rule_claims.dedup();
+        let identity = Identity::new(&config.identity, rule_claims);
         let verifier = Verifier::new(&keys, &config.issuers, &config.tokens, identity);
         let cache = ClaimsCache::new(config.cache.max_entries, config.cache.max_ttl);
         let upstreams = config.upstreams.iter().map(Upstream::new).collect();

@@ -155,7 +155,10 @@ impl Verifier {
             Ok(())
         })?;
         let exp = self.check_claims(&claims, issuer)?;
-        VerifiedClaims::build(token, claims, exp, issuer.own, &self.identity).map_err(Rejected)
+        // `signed` checked there are exactly three segments.
+        let payload = token.split('.').nth(1).unwrap_or_default();
+        VerifiedClaims::build(token, payload, claims, exp, issuer.own, &self.identity)
+            .map_err(Rejected)
     }
 
     /// Verifies a refresh token: issued by this gateway (`[tokens] issuer`,
