@@ -1201,33 +1201,6 @@ async fn forward_auth_verify_refuses_paths_an_upstream_could_read_differently() 
 
 // === logs ===
 
-/// Everything logged while the returned guard lives (this thread only: use
-/// a current-thread runtime, where the in-process gateway runs too).
-fn capture_logs() -> (
-    Arc<std::sync::Mutex<Vec<u8>>>,
-    tracing::subscriber::DefaultGuard,
-) {
-    #[derive(Clone)]
-    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = Sink(Arc::clone(&buf));
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
-    (buf, tracing::subscriber::set_default(subscriber))
-}
-
 #[tokio::test]
 async fn reuse_is_logged_with_subject_and_family_and_no_secret_is_logged() {
     let (logs, _guard) = capture_logs();

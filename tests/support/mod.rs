@@ -514,3 +514,62 @@ where
     });
     addr
 }
+
+// === log capture ===
+
+thread_local! {
+    /// Where this thread's log lines go while a [`Capture`] lives.
+    static CAPTURE: std::cell::RefCell<Option<Arc<std::sync::Mutex<Vec<u8>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Stops this thread's capture when dropped.
+pub struct Capture;
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| c.borrow_mut().take());
+    }
+}
+
+/// Writes to the capture buffer of the thread that logs, if it has one.
+struct ThreadSink;
+
+impl std::io::Write for ThreadSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        CAPTURE.with(|c| {
+            if let Some(buf) = &*c.borrow() {
+                buf.lock().unwrap().extend_from_slice(b);
+            }
+        });
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything logged on this thread while the returned guard lives (use a
+/// current-thread runtime, where the in-process gateway runs too).
+///
+/// This installs one *global* subscriber (writing to the logging thread's
+/// buffer) rather than a thread-local one:
+/// with only a thread-local subscriber registered, tracing-core caches a
+/// callsite's interest as "never" when another test's thread hits that
+/// callsite first (`Dispatchers::has_just_one`), and the capture misses the
+/// gateway's lines (seen: 8 of 15 runs of this binary).
+pub fn capture_logs() -> (Arc<std::sync::Mutex<Vec<u8>>>, Capture) {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(|| ThreadSink)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+    });
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    CAPTURE.with(|c| *c.borrow_mut() = Some(Arc::clone(&buf)));
+    (buf, Capture)
+}
