@@ -63,7 +63,16 @@ pub struct Login {
     rates: (ratelimit::Rate, ratelimit::Rate),
     /// Password checks running at once; more wait (up to [`WAIT`]).
     hashing: Arc<Semaphore>,
+    /// Attempts for one username run one at a time (a stripe per hash of
+    /// the name), so the per-user limit's check and its count of a failure
+    /// are one step: without it, every hashing slot could pass the check
+    /// before the first failure was counted.
+    per_user: Box<[tokio::sync::Mutex<()>]>,
+    stripe_hasher: std::hash::RandomState,
 }
+
+/// Lock stripes for [`Login::per_user`].
+const USER_STRIPES: usize = 64;
 
 enum Source {
     Users {
@@ -116,6 +125,10 @@ impl Login {
             )),
             rates: (cfg.rate_limit_per_ip, cfg.rate_limit_per_user),
             hashing: Arc::new(Semaphore::new(slots)),
+            per_user: (0..USER_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            stripe_hasher: std::hash::RandomState::new(),
         })
     }
 
@@ -142,6 +155,12 @@ impl Login {
     /// Checks `username` and `password`, and counts a failure against the
     /// username's limit.
     pub async fn authenticate(&self, username: &str, password: &str) -> Outcome {
+        use std::hash::BuildHasher;
+        let stripe = self.stripe_hasher.hash_one(username) as usize % USER_STRIPES;
+        let Ok(_one_at_a_time) = tokio::time::timeout(WAIT, self.per_user[stripe].lock()).await
+        else {
+            return Outcome::Unavailable;
+        };
         let outcome = match &self.source {
             Source::Users { users, dummy } => {
                 let (hash, user) = match users.get(username) {
@@ -180,9 +199,8 @@ impl Login {
     }
 
     /// Runs the hash on the blocking pool, at most `hashing` at once. The
-    /// username's limit is checked once the slot is held, and a failure is
-    /// counted before the slot is given back, so concurrent guesses cannot
-    /// all pass the check before the first failure is counted.
+    /// username's limit is checked under its stripe lock (see `per_user`),
+    /// and a failure is counted before the lock is released.
     async fn check_password(
         &self,
         hash: Arc<PasswordHash>,
