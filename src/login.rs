@@ -78,6 +78,11 @@ enum Source {
     Users {
         users: Users,
         dummy: Arc<PasswordHash>,
+        /// A failed check is answered no sooner than this: the slowest
+        /// hash in the file (bcrypt users, other argon2 parameters) timed
+        /// once at load, so an unknown user (checked against the dummy)
+        /// takes as long as a wrong password for any user.
+        floor: Duration,
     },
     Remote {
         uri: http::Uri,
@@ -102,10 +107,16 @@ impl Login {
     /// is neither argon2 nor bcrypt.
     pub fn new(cfg: &LoginConfig) -> Result<Login, ConfigErrors> {
         let source = match &cfg.credentials {
-            Credentials::UsersFile(path) => Source::Users {
-                users: Users::load(path).map_err(ConfigErrors)?,
-                dummy: Arc::new(PasswordHash::dummy()),
-            },
+            Credentials::UsersFile(path) => {
+                let users = Users::load(path).map_err(ConfigErrors)?;
+                let dummy = Arc::new(PasswordHash::dummy());
+                let floor = slowest_check(&users, &dummy);
+                Source::Users {
+                    users,
+                    dummy,
+                    floor,
+                }
+            }
             Credentials::VerifyUrl(uri) => {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -161,8 +172,13 @@ impl Login {
         else {
             return Outcome::Unavailable;
         };
+        let started = std::time::Instant::now();
         let outcome = match &self.source {
-            Source::Users { users, dummy } => {
+            Source::Users {
+                users,
+                dummy,
+                floor,
+            } => {
                 let (hash, user) = match users.get(username) {
                     Some(u) => (Arc::clone(&u.password_hash), Some(u)),
                     None => (Arc::clone(dummy), None),
@@ -172,7 +188,14 @@ impl Login {
                         Some(u) => Outcome::Valid(u.account()),
                         None => Outcome::Invalid,
                     },
-                    Ok(false) => return Outcome::Invalid, // counted under the slot
+                    Ok(false) => {
+                        // Counted already (under the stripe lock). Every
+                        // failure takes the same time, whatever the hash.
+                        if let Some(rest) = floor.checked_sub(started.elapsed()) {
+                            tokio::time::sleep(rest).await;
+                        }
+                        return Outcome::Invalid;
+                    }
                     Err(outcome) => outcome,
                 }
             }
@@ -226,6 +249,27 @@ impl Login {
         .map_err(|_| Outcome::Unavailable)
     }
 }
+
+/// The longest one check takes among the file's cost classes (and the
+/// dummy's), timed once with a wrong password. Runs each class once: a file
+/// of bcrypt cost-12 users costs about a third of a second here, at load.
+fn slowest_check(users: &Users, dummy: &PasswordHash) -> Duration {
+    let mut slowest = Duration::ZERO;
+    let classes = users.cost_classes();
+    let mut time = |hash: &PasswordHash| {
+        let t = std::time::Instant::now();
+        let _ = hash.verify(b"\0 not the password");
+        slowest = slowest.max(t.elapsed());
+    };
+    time(dummy);
+    for hash in classes.iter().take(MAX_COST_CLASSES) {
+        time(hash);
+    }
+    slowest
+}
+
+/// Cost classes timed at load; a file with more (odd) ones is timed on these.
+const MAX_COST_CLASSES: usize = 8;
 
 /// POSTs the credentials to `verify_url`: 200 with an account is a valid
 /// login, 401/403 an invalid one, anything else (or no answer) unavailable.

@@ -646,3 +646,45 @@ async fn openid_configuration_from_host_is_not_publicly_cacheable() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(header(&r, "cache-control"), Some("public, max-age=300"));
 }
+
+// === 8. unknown users take as long as a wrong password for any user ===
+
+#[tokio::test]
+async fn an_unknown_user_takes_as_long_as_a_wrong_bcrypt_password() {
+    // bcrypt cost 10 is several times slower than the argon2id dummy an
+    // unknown username is checked against: without the floor, the time
+    // alone would say "carol exists".
+    let bcrypt = bcrypt::hash(PW, 10).unwrap();
+    let users = format!(
+        "{}[[users]]\nusername = \"carol\"\npassword_hash = \"{bcrypt}\"\n",
+        users_toml()
+    );
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start_with_files(
+        &config(up.addr, &Setup::default()),
+        &[("users.toml", &users)],
+    )
+    .await;
+    let login = |user: &'static str| {
+        let url = gw.url("/auth/login");
+        async move {
+            let creds = json!({ "username": user, "password": "wrong" });
+            let t = std::time::Instant::now();
+            let r = post_json(&url, &[], &creds).await;
+            assert_eq!(r.status, 401);
+            t.elapsed()
+        }
+    };
+    let mut bcrypt_wrong = std::time::Duration::MAX;
+    let mut unknown = std::time::Duration::MAX;
+    for _ in 0..3 {
+        bcrypt_wrong = bcrypt_wrong.min(login("carol").await);
+        unknown = unknown.min(login("nobody-here").await);
+    }
+    // A lower bound with a wide margin (this is not a benchmark): without
+    // the floor, `unknown` is the dummy's argon2id time, a fraction of it.
+    assert!(
+        unknown * 2 >= bcrypt_wrong,
+        "unknown user {unknown:?} vs wrong bcrypt password {bcrypt_wrong:?}"
+    );
+}

@@ -60,6 +60,20 @@ impl PasswordHash {
         PasswordHash::Argon2(phc)
     }
 
+    /// What decides how long a check takes: the algorithm and its cost
+    /// parameters (`argon2id$v=19$m=19456,t=2,p=1`, `$2b$12`).
+    pub fn cost_class(&self) -> &str {
+        match self {
+            // `$argon2id$v=19$m=...,t=...,p=...$salt$hash`: up to the salt.
+            PasswordHash::Argon2(phc) => phc
+                .match_indices('$')
+                .nth(3)
+                .map_or(phc, |(i, _)| &phc[..i]),
+            // `$2b$12$...`: prefix and cost.
+            PasswordHash::Bcrypt(h) => h.get(..6).unwrap_or(h),
+        }
+    }
+
     /// Whether `password` matches. Slow on purpose: call it off the async workers.
     pub fn verify(&self, password: &[u8]) -> bool {
         match self {
@@ -193,6 +207,16 @@ impl Users {
             .and_then(|name| self.by_name.get(name))
     }
 
+    /// One hash of each cost class in the file (see [`PasswordHash::cost_class`]).
+    pub fn cost_classes(&self) -> Vec<Arc<PasswordHash>> {
+        let mut seen = HashMap::new();
+        for u in self.by_name.values() {
+            seen.entry(u.password_hash.cost_class().to_string())
+                .or_insert_with(|| Arc::clone(&u.password_hash));
+        }
+        seen.into_values().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
@@ -218,6 +242,14 @@ mod tests {
             assert!(h.verify(b"pw"), "{prefix}");
             assert!(!h.verify(b"nope"));
         }
+    }
+
+    #[test]
+    fn cost_classes_name_the_algorithm_and_its_parameters() {
+        let a = PasswordHash::parse(&crate::auth::password::hash(b"pw").unwrap()).unwrap();
+        assert_eq!(a.cost_class(), "$argon2id$v=19$m=19456,t=2,p=1");
+        let b = PasswordHash::parse(&bcrypt::hash("pw", 4).unwrap()).unwrap();
+        assert_eq!(b.cost_class(), "$2b$04");
     }
 
     #[test]
