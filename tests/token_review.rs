@@ -118,23 +118,6 @@ struct Env {
     gw: TestGateway,
 }
 
-#[derive(Clone, Debug)]
-struct Pair {
-    access: String,
-    refresh: String,
-}
-
-impl Pair {
-    fn of(r: &Reply) -> Pair {
-        assert_eq!(r.status, 200, "{}", body(r));
-        let j = r.json();
-        Pair {
-            access: j["access_token"].as_str().unwrap().to_string(),
-            refresh: j["refresh_token"].as_str().unwrap().to_string(),
-        }
-    }
-}
-
 impl Env {
     async fn start(setup: Setup<'_>) -> Env {
         let up = TestUpstream::start().await;

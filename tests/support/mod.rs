@@ -515,6 +515,26 @@ where
     addr
 }
 
+// === the token service ===
+
+/// An access + refresh token pair from a 200 of `/auth/login` or `/auth/refresh`.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub access: String,
+    pub refresh: String,
+}
+
+impl Pair {
+    pub fn of(r: &Reply) -> Pair {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let j = r.json();
+        Pair {
+            access: j["access_token"].as_str().unwrap().to_string(),
+            refresh: j["refresh_token"].as_str().unwrap().to_string(),
+        }
+    }
+}
+
 // === log capture ===
 
 thread_local! {
