@@ -171,7 +171,7 @@ pub(crate) fn verify_cached(
     token: BearerToken<'_>,
     snap: &Snapshot,
 ) -> Result<Arc<VerifiedClaims>, GatewayError> {
-    let key = crate::auth::cache::Key::of(token.as_str());
+    let key = snap.cache.key(token.as_str());
     if let Some(hit) = snap.cache.get_key(&key) {
         return Ok(hit);
     }

@@ -1,10 +1,15 @@
-//! The verified-claims cache: SHA-256(token) -> `Arc<VerifiedClaims>`.
+//! The verified-claims cache: keyed digest of the token -> `Arc<VerifiedClaims>`.
 //!
-//! The key is the token's digest, not the token: 32 bytes an entry instead
-//! of the token's 300 to 900 (RS256 signatures alone are 342 characters),
-//! which is what keeps 20,000 cached RS256 tokens under 64 MiB. SHA-256 is
-//! collision resistant, so no forged token can share an entry with a
-//! verified one; the digest costs well under a microsecond a request.
+//! The key is a 128-bit digest of the token, not the token: 16 bytes an
+//! entry instead of the token's 300 to 900 (an RS256 signature alone is 342
+//! characters), which is what keeps 20,000 cached RS256 tokens under 64 MiB.
+//! The digest is SipHash-1-3 with 128-bit output under a secret key drawn
+//! from the system RNG at start and never revealed: SipHash is a PRF, so a forged
+//! token matches a cached entry's key with probability about 2^-128 per
+//! entry, and an attacker cannot see digests to search for one. SHA-256
+//! would also do, but without SHA instructions on this CPU it cost about
+//! 10k instructions a request (measured: 39.3k -> 49.7k Ir/req on a hit);
+//! this costs under 1k.
 //!
 //! A hit skips the signature check and all JSON work. Only successfully
 //! verified tokens are inserted; each entry expires at its token's `exp` or
@@ -16,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::Expiry;
 use moka::sync::Cache;
+use siphasher::sip128::SipHasher13;
 
 use super::VerifiedClaims;
 
@@ -23,20 +29,13 @@ use super::VerifiedClaims;
 #[derive(Clone)]
 pub struct ClaimsCache {
     inner: Cache<Key, Arc<VerifiedClaims>>,
+    /// The keyed hash behind [`Key`] (its key is secret, drawn at start).
+    digest: SipHasher13,
 }
 
-/// A cache key: the SHA-256 digest of a token.
+/// A cache key: a 128-bit keyed digest of a token (see the module docs).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Key([u8; 32]);
-
-impl Key {
-    pub fn of(token: &str) -> Key {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest.as_ref());
-        Key(key)
-    }
-}
+pub struct Key(u64, u64);
 
 struct UntilExp {
     max_ttl: Duration,
@@ -70,12 +69,25 @@ impl ClaimsCache {
             .max_capacity(max_entries)
             .expire_after(UntilExp { max_ttl })
             .build();
-        ClaimsCache { inner }
+        let mut secret = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut secret).expect("the system RNG is available");
+        let (k0, k1) = secret.split_at(8);
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        ClaimsCache {
+            inner,
+            digest: SipHasher13::new_with_keys(word(k0), word(k1)),
+        }
+    }
+
+    /// The key `token` is cached under.
+    pub fn key(&self, token: &str) -> Key {
+        let h = self.digest.hash(token.as_bytes());
+        Key(h.h1, h.h2)
     }
 
     /// The cached claims of `token`, if it was verified and has not expired.
     pub fn get(&self, token: &str) -> Option<Arc<VerifiedClaims>> {
-        self.get_key(&Key::of(token))
+        self.get_key(&self.key(token))
     }
 
     /// Like [`ClaimsCache::get`], with the digest computed once by the caller.
@@ -87,7 +99,7 @@ impl ClaimsCache {
 
     /// Remembers a token that passed verification.
     pub fn insert(&self, token: &str, claims: Arc<VerifiedClaims>) {
-        self.insert_key(Key::of(token), claims);
+        self.insert_key(self.key(token), claims);
     }
 
     /// Like [`ClaimsCache::insert`], with the digest computed once by the caller.
