@@ -50,7 +50,7 @@ pub struct VerifiedClaims {
     /// The issuer-qualified `jti` (or, for a token without one, `#` and a
     /// digest of the token), and `iat`: what logout revokes and the proxy
     /// checks after a cache hit.
-    jti: Option<Box<str>>,
+    jti: Box<str>,
     iat: Option<u64>,
     /// The refresh family an access token of this gateway was issued from
     /// (the part of its `jti` before the `.`).
@@ -136,7 +136,7 @@ impl VerifiedClaims {
                 crate::store::revocations::issuer_scoped(iss, &name)
             }
         };
-        let jti = Some(jti.into_boxed_str());
+        let jti = jti.into_boxed_str();
         let subject_key = subject
             .as_deref()
             .map(|sub| crate::store::revocations::issuer_scoped(iss, sub).into());
@@ -173,8 +173,9 @@ impl VerifiedClaims {
         self.subject_key.as_deref()
     }
 
-    pub fn jti(&self) -> Option<&str> {
-        self.jti.as_deref()
+    /// Every verified token has one (see the field).
+    pub fn jti(&self) -> &str {
+        &self.jti
     }
 
     pub fn iat(&self) -> Option<u64> {
@@ -189,7 +190,7 @@ impl VerifiedClaims {
     /// What the revocation set looks at.
     pub fn revocation_ref(&self) -> crate::store::revocations::TokenRef<'_> {
         crate::store::revocations::TokenRef {
-            jti: self.jti(),
+            jti: Some(self.jti()),
             family: self.family(),
             subject: self.subject_key(),
             iat: self.iat,

@@ -189,9 +189,8 @@ pub async fn logout(
         ));
     }
     let now = now();
-    if let Some(a) = &access
-        && let Some(jti) = a.jti()
-    {
+    if let Some(a) = &access {
+        let jti = a.jti();
         let until = a.exp().saturating_add(snap.config.tokens.leeway.as_secs());
         commit(
             gw,
