@@ -671,3 +671,60 @@ async fn an_unknown_user_takes_as_long_as_a_wrong_bcrypt_password() {
         "unknown user {unknown:?} vs wrong bcrypt password {bcrypt_wrong:?}"
     );
 }
+
+// === 9. bad inputs on /auth/* that had no test ===
+
+#[tokio::test]
+async fn refresh_with_another_grant_type_is_400() {
+    let env = Env::start(Setup::default()).await;
+    let pair = env.pair("alice").await;
+    let form = format!("grant_type=password&refresh_token={}", pair.refresh);
+    let r = post_form(&env.url("/auth/refresh"), &[], &form).await;
+    assert_eq!(r.status, 400, "{}", body(&r));
+    assert_eq!(r.json()["error"], "invalid_request");
+    // The token was not spent by the refused request.
+    assert_eq!(env.refresh(&pair.refresh).await.status, 200);
+}
+
+#[tokio::test]
+async fn logout_with_a_malformed_authorization_header_is_400() {
+    let env = Env::start(Setup::default()).await;
+    let r = send(
+        http::Method::POST,
+        &env.url("/auth/logout"),
+        &[("authorization", "Bearer a b")],
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", body(&r));
+    assert_eq!(r.json()["error"], "invalid_request");
+}
+
+#[tokio::test]
+async fn an_unparsable_content_length_on_auth_is_400() {
+    let env = Env::start(Setup::default()).await;
+    let answer = raw(
+        env.gw.addr,
+        b"POST /auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 12x\r\n\r\n{}",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // The gateway still serves.
+    assert_eq!(env.login("alice", PW).await.status, 200);
+}
+
+#[tokio::test]
+async fn forward_auth_refuses_a_forwarded_uri_that_is_not_a_path() {
+    let env = Env::start(Setup::default()).await;
+    let alice = env.pair("alice").await;
+    let auth = format!("Bearer {}", alice.access);
+    for uri in ["admin/panel", "http://evil/admin/panel"] {
+        let r = get(
+            &env.url("/auth/verify"),
+            &[("authorization", &auth), ("x-forwarded-uri", uri)],
+        )
+        .await;
+        assert_eq!(r.status, 400, "{uri}: {}", body(&r));
+        assert!(header(&r, "x-auth-subject").is_none(), "{uri}");
+    }
+}

@@ -43,6 +43,11 @@ async fn credentials_api() -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
     (addr, seen)
 }
 
+async fn login(gw: &TestGateway, username: &str, password: &str) -> Reply {
+    let creds = json!({ "username": username, "password": password });
+    post_json(&gw.url("/auth/login"), &[], &creds).await
+}
+
 fn config(up: std::net::SocketAddr, verify: &str) -> String {
     config_with(
         up,
@@ -66,12 +71,7 @@ async fn a_200_from_verify_url_is_a_login_with_its_subject_roles_and_claims() {
     let up = TestUpstream::start().await;
     let (api, seen) = credentials_api().await;
     let gw = TestGateway::start(&config(up.addr, &format!("http://{api}/verify"))).await;
-    let r = post_json(
-        &gw.url("/auth/login"),
-        &[],
-        &json!({"username": "alice", "password": "pw"}),
-    )
-    .await;
+    let r = login(&gw, "alice", "pw").await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(
         seen.lock().unwrap()[0],
@@ -93,12 +93,7 @@ async fn a_401_from_verify_url_is_invalid_credentials() {
     let up = TestUpstream::start().await;
     let (api, _) = credentials_api().await;
     let gw = TestGateway::start(&config(up.addr, &format!("http://{api}/verify"))).await;
-    let r = post_json(
-        &gw.url("/auth/login"),
-        &[],
-        &json!({"username": "alice", "password": "wrong"}),
-    )
-    .await;
+    let r = login(&gw, "alice", "wrong").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.json()["error"], "invalid_credentials");
 }
@@ -109,12 +104,7 @@ async fn anything_else_from_verify_url_is_a_503() {
     let (api, _) = credentials_api().await;
     let gw = TestGateway::start(&config(up.addr, &format!("http://{api}/verify"))).await;
     for user in ["broken", "garbage"] {
-        let r = post_json(
-            &gw.url("/auth/login"),
-            &[],
-            &json!({"username": user, "password": "pw"}),
-        )
-        .await;
+        let r = login(&gw, user, "pw").await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{user}");
         assert_eq!(r.json()["error"], "temporarily_unavailable");
     }
@@ -123,12 +113,7 @@ async fn anything_else_from_verify_url_is_a_503() {
     let gone = closed.local_addr().unwrap();
     drop(closed);
     let gw = TestGateway::start(&config(up.addr, &format!("http://{gone}/verify"))).await;
-    let r = post_json(
-        &gw.url("/auth/login"),
-        &[],
-        &json!({"username": "alice", "password": "pw"}),
-    )
-    .await;
+    let r = login(&gw, "alice", "pw").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -137,12 +122,7 @@ async fn refresh_works_for_verify_url_sessions() {
     let up = TestUpstream::start().await;
     let (api, seen) = credentials_api().await;
     let gw = TestGateway::start(&config(up.addr, &format!("http://{api}/verify"))).await;
-    let r = post_json(
-        &gw.url("/auth/login"),
-        &[],
-        &json!({"username": "alice", "password": "pw"}),
-    )
-    .await;
+    let r = login(&gw, "alice", "pw").await;
     let refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
     let r = post_json(
         &gw.url("/auth/refresh"),
