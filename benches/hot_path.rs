@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gatehouse::auth::{ClaimsCache, bearer};
-use gatehouse::proxy::headers::{Downstream, set_forwarding, set_identity, strip_hop_by_hop};
+use gatehouse::proxy::headers::{Downstream, Seen, rewrite_request};
 use gatehouse::state::Snapshot;
 use http::{HeaderMap, HeaderValue, Method};
 use jsonwebtoken::Algorithm;
@@ -144,15 +144,15 @@ fn bench(c: &mut Criterion) {
         peer: IpAddr::from([127, 0, 0, 1]),
         trusted: false,
         via: &via,
+        host: Some(HeaderValue::from_static("api.example.com")),
     };
-    let host = HeaderValue::from_static("api.example.com");
+    let ids = snap.verifier.identity();
     c.bench_function("header_rewrite", |b| {
         b.iter_batched_ref(
             || headers.clone(),
             |h| {
-                strip_hop_by_hop(h, false);
-                set_forwarding(h, &down, Some(&host));
-                set_identity(h, snap.verifier.identity(), Some(&claims));
+                let seen = Seen::scan(h, Some(ids));
+                rewrite_request(h, seen, false, &down, ids, Some(&claims));
             },
             criterion::BatchSize::SmallInput,
         )

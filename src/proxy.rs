@@ -24,10 +24,7 @@ use crate::error::GatewayError;
 use crate::routes::Route;
 use crate::state::Snapshot;
 use crate::store::Revocations;
-use headers::{
-    Downstream, is_upgrade, set_forwarding, set_identity, strip_hop_by_hop,
-    strip_underscore_aliases,
-};
+use headers::{Downstream, Seen, rewrite_request};
 
 /// The client end of a connection, with what each of its requests reuses.
 pub struct Peer {
@@ -96,9 +93,10 @@ async fn handle_inner<'s>(
     ctx.route = Some(&route.path_prefix);
     let caller = admit(req.headers(), route, snap, revocations)?;
     ctx.caller = caller;
+    let seen = Seen::scan(req.headers(), Some(snap.verifier.identity()));
     // Read before the hop-by-hop headers go: they carry the upgrade request.
-    let upgrade = is_upgrade(req.headers());
-    rewrite_headers(&mut req, snap, peer, ctx.caller.as_deref(), upgrade);
+    let upgrade = seen.is_upgrade(req.headers());
+    rewrite_headers(&mut req, seen, snap, peer, ctx.caller.as_deref(), upgrade);
 
     let upstream = &snap.upstreams[route.upstream];
     let (index, target) = upstream.pick();
@@ -194,6 +192,7 @@ static VIA_2: HeaderValue = HeaderValue::from_static("2 gatehouse");
 
 fn rewrite_headers(
     req: &mut Request<Incoming>,
+    seen: Seen,
     snap: &Snapshot,
     peer: &Peer,
     caller: Option<&VerifiedClaims>,
@@ -205,31 +204,29 @@ fn rewrite_headers(
         _ => &VIA_11,
     };
     let ip = peer.addr.ip();
-    let trusted = snap
-        .config
-        .server
-        .trusted_proxies
-        .iter()
-        .any(|c| c.contains(ip));
-    let authority = req.uri().authority().cloned();
-    let h = req.headers_mut();
-    if !h.contains_key(header::HOST) {
+    let trusted_proxies = &snap.config.server.trusted_proxies;
+    let trusted = trusted_proxies.iter().any(|c| c.contains(ip));
+    let host = match req.headers().get(header::HOST) {
+        Some(host) => Some(host.clone()),
         // HTTP/2 clients send :authority instead: it becomes the upstream's Host.
-        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            h.insert(header::HOST, v);
+        None => {
+            let authority = req.uri().authority();
+            let host = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            if let Some(host) = &host {
+                req.headers_mut().insert(header::HOST, host.clone());
+            }
+            host
         }
-    }
-    let host = h.get(header::HOST).cloned();
-    strip_hop_by_hop(h, upgrade);
-    strip_underscore_aliases(h, snap.verifier.identity());
+    };
     let down = Downstream {
         peer: ip,
         peer_value: &peer.value,
         trusted,
         via,
+        host,
     };
-    set_forwarding(h, &down, host.as_ref());
-    set_identity(h, snap.verifier.identity(), caller);
+    let ids = snap.verifier.identity();
+    rewrite_request(req.headers_mut(), seen, upgrade, &down, ids, caller);
 }
 
 fn upstream_path_and_query(route: &Route, uri: &http::Uri) -> Result<PathAndQuery, GatewayError> {
