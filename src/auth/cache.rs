@@ -16,6 +16,7 @@
 //! after `[cache] max_ttl`, whichever comes first (moka's per-entry expiry),
 //! and the whole cache holds at most `max_entries`.
 
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,14 +29,55 @@ use super::VerifiedClaims;
 /// Cloning is an `Arc` bump (moka caches are shared handles).
 #[derive(Clone)]
 pub struct ClaimsCache {
-    inner: Cache<Key, Arc<VerifiedClaims>>,
+    inner: Cache<Key, Arc<VerifiedClaims>, KeyHash>,
     /// The keyed hash behind [`Key`] (its key is secret, drawn at start).
     digest: SipHasher13,
 }
 
 /// A cache key: a 128-bit keyed digest of a token (see the module docs).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Key(u64, u64);
+
+/// A key is its own hash: its words are already the output of a keyed PRF,
+/// uniform and unknown to clients (so no one can aim tokens at one bucket).
+/// Hashing them again with moka's default SipHash cost about 200
+/// instructions a lookup.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0);
+    }
+}
+
+/// The hasher moka's map uses for [`Key`]s: see `impl Hash for Key`.
+#[derive(Clone, Copy, Default)]
+struct KeyHash;
+
+impl BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 ^= word;
+    }
+
+    /// Only `write_u64` is used for a `Key`; anything else is folded in
+    /// (FNV-1a) rather than dropped.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
 
 struct UntilExp {
     max_ttl: Duration,
@@ -68,7 +110,7 @@ impl ClaimsCache {
         let inner = Cache::builder()
             .max_capacity(max_entries)
             .expire_after(UntilExp { max_ttl })
-            .build();
+            .build_with_hasher(KeyHash);
         let mut secret = [0u8; 16];
         aws_lc_rs::rand::fill(&mut secret).expect("the system RNG is available");
         let (k0, k1) = secret.split_at(8);
