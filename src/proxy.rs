@@ -169,14 +169,13 @@ pub(crate) fn verify_cached(
     token: BearerToken<'_>,
     snap: &Snapshot,
 ) -> Result<Arc<VerifiedClaims>, GatewayError> {
-    let key = snap.cache.key(token.as_str());
+    let key = snap.cache.key(token.as_bytes());
     if let Some(hit) = snap.cache.get_key(&key) {
         return Ok(hit);
     }
-    token
+    let token = token
         .check_syntax()
         .map_err(|_| GatewayError::MalformedAuthorization)?;
-    let token = token.as_str();
     let claims = snap
         .verifier
         .verify(token)

@@ -58,12 +58,11 @@ impl RouteTable {
 
     /// The route for a request, if any. `host` may carry a port.
     pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Route> {
-        let host = host.map(normalize_host);
         self.routes.iter().find(|r| {
             prefix_matches(&r.path_prefix, path)
-                && r.host
-                    .as_deref()
-                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                && r.host.as_deref().is_none_or(|want| {
+                    host.is_some_and(|h| normalize_host(h).eq_ignore_ascii_case(want))
+                })
                 && r.methods.as_deref().is_none_or(|ms| ms.contains(method))
         })
     }

@@ -122,14 +122,14 @@ impl ClaimsCache {
     }
 
     /// The key `token` is cached under.
-    pub fn key(&self, token: &str) -> Key {
-        let h = self.digest.hash(token.as_bytes());
+    pub fn key(&self, token: &[u8]) -> Key {
+        let h = self.digest.hash(token);
         Key(h.h1, h.h2)
     }
 
     /// The cached claims of `token`, if it was verified and has not expired.
     pub fn get(&self, token: &str) -> Option<Arc<VerifiedClaims>> {
-        self.get_key(&self.key(token))
+        self.get_key(&self.key(token.as_bytes()))
     }
 
     /// Like [`ClaimsCache::get`], with the digest computed once by the caller.
@@ -141,7 +141,7 @@ impl ClaimsCache {
 
     /// Remembers a token that passed verification.
     pub fn insert(&self, token: &str, claims: Arc<VerifiedClaims>) {
-        self.insert_key(self.key(token), claims);
+        self.insert_key(self.key(token.as_bytes()), claims);
     }
 
     /// Like [`ClaimsCache::insert`], with the digest computed once by the caller.

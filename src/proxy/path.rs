@@ -15,14 +15,19 @@
 //!
 //! Scans in place: a path allocates nothing.
 
-/// True when `path` must be refused.
+/// True when `path` must be refused. One pass over the bytes.
 pub fn is_ambiguous(path: &str) -> bool {
     let b = path.as_bytes();
-    if path.contains("//") {
-        return true;
-    }
+    // Where the current segment began (just after its `/`).
+    let mut segment = 0;
     for (i, &c) in b.iter().enumerate() {
         match c {
+            b'/' => {
+                if i > 0 && is_dot_or_empty(&b[segment..i]) {
+                    return true;
+                }
+                segment = i + 1;
+            }
             b'\\' | b';' => return true,
             b'%' => match decode_hex(b.get(i + 1..i + 3)) {
                 Some(d) if is_unreserved(d) || matches!(d, b'/' | b'\\' | 0) => return true,
@@ -31,7 +36,13 @@ pub fn is_ambiguous(path: &str) -> bool {
             _ => {}
         }
     }
-    path.split('/').any(|seg| seg == "." || seg == "..")
+    // The last segment may be empty (`/a/`), not a dot-segment.
+    matches!(&b[segment.min(b.len())..], b"." | b"..")
+}
+
+/// An empty segment (`//`) or a dot-segment, between two `/`.
+fn is_dot_or_empty(segment: &[u8]) -> bool {
+    matches!(segment, b"" | b"." | b"..")
 }
 
 fn decode_hex(pair: Option<&[u8]>) -> Option<u8> {
@@ -54,8 +65,9 @@ mod tests {
     fn paths_an_upstream_would_normalize_are_caught() {
         for p in [
             "/a/../b",
-            "/a/./b",
             "/a/..",
+            "/a/.",
+            "/.",
             "/a/%2e%2e/b",
             "/a/%2E./b",
             "/a/..%2fb",
@@ -78,6 +90,8 @@ mod tests {
             "/",
             "/a/b.json",
             "/a/..b",
+            "/a/",
+            "/.well-known/x",
             "/v1.2/x",
             "/a%20b",
             "/a/%2",
