@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod dispatch;
+mod drain;
 mod framing;
 pub mod signals;
 
@@ -10,14 +11,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -26,6 +27,7 @@ use crate::proxy::Peer;
 use crate::proxy::forward::ConnGuard;
 use crate::state::{Gateway, Shared, Snapshot};
 use admin::Health;
+use drain::Drain;
 
 /// Binds the listeners of `snap`, serves until SIGTERM/SIGINT, reloads on SIGHUP.
 ///
@@ -77,7 +79,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(60);
 /// What every connection of a listener is served with, fixed for the
 /// listener's life (a reload changes routes and keys, not these).
 struct ConnSettings {
-    builder: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     max_header_bytes: usize,
 }
@@ -93,8 +96,10 @@ pub async fn run(
     let (settings, limit, grace) = {
         let snap = shared.load();
         let s = &snap.config.server;
+        let (http1, http2) = builders(s);
         let settings = ConnSettings {
-            builder: builder(s),
+            http1,
+            http2,
             header_read_timeout: s.header_read_timeout,
             max_header_bytes: s.max_header_bytes,
         };
@@ -102,7 +107,7 @@ pub async fn run(
     };
     // One permit per open connection: beyond the limit, connections wait in the backlog.
     let permits = Arc::new(Semaphore::new(limit));
-    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&shared)));
     health.set_ready(true);
     tokio::pin!(shutdown);
@@ -123,13 +128,14 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        spawn_connection(stream, peer, &shared, &settings, &graceful, permit);
+        spawn_connection(stream, peer, &shared, &settings, &drain, permit);
     }
     health.set_ready(false);
     housekeeping.abort();
     drop(listener);
+    drain.start();
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = all_closed(&permits, limit) => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown_grace elapsed with connections still open"),
     }
 }
@@ -159,7 +165,7 @@ fn spawn_connection(
     peer: SocketAddr,
     shared: &Shared,
     settings: &Arc<ConnSettings>,
-    graceful: &GracefulShutdown,
+    drain: &Arc<Drain>,
     permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
@@ -191,42 +197,48 @@ fn spawn_connection(
             Ok::<_, Infallible>(dispatch::dispatch(req, &shared, &snap, &client).await)
         }
     });
-    let conn = settings
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-        .into_owned();
-    let conn = graceful.watch(conn);
-    let first_head_timeout = settings.header_read_timeout;
+    let limit = settings.header_read_timeout;
+    let (settings, drain) = (Arc::clone(settings), Arc::clone(drain));
+    let drain_started = Arc::clone(&drain);
+    // Built here, not in the task below: inside an async block, rustc cannot
+    // prove hyper's connection futures `Send` (its higher-ranked error
+    // bounds), so each is boxed where its type is known.
+    let serve = move |stream, h2: bool| -> Pin<Box<dyn Future<Output = Served> + Send>> {
+        let io = TokioIo::new(stream);
+        if h2 {
+            let conn = settings.http2.serve_connection(io, svc);
+            let conn = drain.watch(conn, http2::Connection::graceful_shutdown);
+            Box::pin(first_request_within(limit, framing, conn))
+        } else {
+            // hyper bounds every HTTP/1 head with `header_read_timeout` itself.
+            let conn = settings.http1.serve_connection(io, svc).with_upgrades();
+            let conn = drain.watch(conn, http1::UpgradeableConnection::graceful_shutdown);
+            Box::pin(async move { Some(conn.await) })
+        }
+    };
     tokio::spawn(async move {
-        tokio::pin!(conn);
-        // hyper's own `header_read_timeout` only starts once the connection
-        // is known to be HTTP/1: while the auto builder still reads the first
-        // bytes to tell HTTP/1.1 from the h2c preface, nothing bounds the
-        // wait, so a client that connects and sends nothing (or `PRI` and
-        // stalls) would hold this connection, and its permit, forever. Once a
-        // request has arrived, hyper bounds every later HTTP/1 head itself,
-        // and the timer is dropped: polling it on every wake-up of a
-        // keep-alive connection cost about 300 instructions a request.
-        let mut first_head = Some(Box::pin(tokio::time::sleep(first_head_timeout)));
-        let ended = std::future::poll_fn(|cx| {
-            if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
-                return Poll::Ready(Some(ended));
+        let mut stream = stream;
+        // The first bytes tell HTTP/1.1 from h2c, within `header_read_timeout`:
+        // a client that connects and sends nothing (or `PRI` and stalls) must
+        // not hold its connection, and its permit, forever.
+        let first = tokio::select! {
+            first = tokio::time::timeout(limit, stream.read_preface()) => first,
+            // Nothing read yet: nothing to finish.
+            () = drain_started.started() => return,
+        };
+        let h2 = match first {
+            Ok(Ok(h2)) => h2,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, %peer, "connection ended before a request");
+                return;
             }
-            if framing.has_served() {
-                first_head = None;
-            } else if let Some(sleep) = &mut first_head
-                && sleep.as_mut().poll(cx).is_ready()
-            {
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await;
-        match ended {
-            None => {
+            Err(_elapsed) => {
                 tracing::debug!(%peer, "no request within header_read_timeout");
-                // Returning drops the connection (closing it) and the permit.
+                return;
             }
+        };
+        match serve(stream, h2).await {
+            None => tracing::debug!(%peer, "no request within header_read_timeout"),
             Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
             Some(Ok(())) => {}
         }
@@ -234,14 +246,53 @@ fn spawn_connection(
     });
 }
 
-fn builder(s: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+/// How a connection ended: `None` when no request arrived in time.
+type Served = Option<Result<(), hyper::Error>>;
+
+/// Resolves once every connection permit is back: every connection, and
+/// every upgraded tunnel (which holds its connection's permit), has ended.
+async fn all_closed(permits: &Semaphore, limit: usize) {
+    let all = u32::try_from(limit).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
+}
+
+/// Serves `conn` (an h2c connection) to its end; `None` when no request
+/// arrived within `limit` (the connection is dropped, which closes it). The
+/// timer goes once a request has arrived.
+async fn first_request_within<C>(
+    limit: Duration,
+    framing: Arc<framing::Framing>,
+    conn: C,
+) -> Option<C::Output>
+where
+    C: Future,
+{
+    tokio::pin!(conn);
+    let mut first = Some(Box::pin(tokio::time::sleep(limit)));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(ended));
+        }
+        if framing.has_served() {
+            first = None;
+        } else if let Some(sleep) = &mut first
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The HTTP/1.1 and HTTP/2 (h2c) connection settings of a listener.
+fn builders(s: &crate::config::ServerConfig) -> (http1::Builder, http2::Builder<TokioExecutor>) {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(s.header_read_timeout)
         .max_buf_size(s.max_header_bytes);
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
-    b
+    (h1, h2)
 }

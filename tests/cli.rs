@@ -512,6 +512,53 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     assert!(std::net::TcpStream::connect(gw.listen).is_err());
 }
 
+/// Idle connections (one after a request, one that has sent nothing yet)
+/// are closed at SIGTERM, not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use std::io::{Read, Write};
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gatehouse::start(dir.path(), |listen, admin| {
+        serve_config(up.addr, listen, admin, "shutdown_grace = \"20s\"", ROUTES)
+    })
+    .await;
+    let mut idle = std::net::TcpStream::connect(gw.listen).unwrap();
+    idle.write_all(b"GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    let mut silent = std::net::TcpStream::connect(gw.listen).unwrap();
+
+    let sent = Instant::now();
+    gw.signal("TERM");
+    let status = gw
+        .exited_within(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|| panic!("still running 15 s after SIGTERM:\n{}", gw.log()));
+    assert_eq!(status.code(), Some(0), "{}", gw.log());
+    // Under `header_read_timeout` (10 s by default) and `shutdown_grace`.
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "waited {:?} for an idle connection",
+        sent.elapsed()
+    );
+    // Both were closed by the gateway.
+    assert_eq!(idle.read(&mut buf).unwrap_or(0), 0);
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(silent.read(&mut buf).unwrap_or(0), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_0_after_shutdown_grace_when_a_request_outlasts_it() {
     let up = TestUpstream::start().await;

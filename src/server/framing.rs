@@ -57,7 +57,14 @@ pub struct Sniffed<IO> {
     io: IO,
     tracker: Tracker,
     framing: Arc<Framing>,
+    /// Bytes [`Sniffed::read_preface`] read, handed out again first.
+    first: [u8; PREFACE.len()],
+    first_len: u8,
+    first_pos: u8,
 }
+
+/// What an HTTP/2 client with prior knowledge (h2c) sends first (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Wraps `io`; `max_head` bounds the head and line lengths followed (beyond
 /// them hyper answers 431 or 400 itself).
@@ -70,8 +77,36 @@ pub fn sniff<IO>(io: IO, max_head: usize) -> (Sniffed<IO>, Arc<Framing>) {
         io,
         tracker: Tracker::new(max_head),
         framing: Arc::clone(&framing),
+        first: [0; PREFACE.len()],
+        first_len: 0,
+        first_pos: 0,
     };
     (sniffed, framing)
+}
+
+impl<IO: AsyncRead + Unpin> Sniffed<IO> {
+    /// Reads the connection's first bytes, as far as it takes to tell the
+    /// h2c preface (`true`) from anything else: an HTTP/1 request, or an end
+    /// of stream. Whatever was read is read again by the server after it.
+    ///
+    /// # Errors
+    /// The connection's read errors.
+    pub async fn read_preface(&mut self) -> io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        let mut len = usize::from(self.first_len);
+        while len < PREFACE.len() {
+            let n = self.io.read(&mut self.first[len..]).await?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+            self.first_len = len as u8; // at most 24
+            if self.first[..len] != PREFACE[..len] {
+                return Ok(false);
+            }
+        }
+        Ok(len == PREFACE.len())
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Sniffed<IO> {
@@ -82,7 +117,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Sniffed<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if this.first_pos < this.first_len {
+            let first = &this.first[usize::from(this.first_pos)..usize::from(this.first_len)];
+            let n = first.len().min(buf.remaining());
+            buf.put_slice(&first[..n]);
+            this.first_pos += n as u8; // at most 24
+        } else {
+            ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        }
         if let Some(index) = this.tracker.feed(&buf.filled()[before..]) {
             this.framing.ambiguous.store(index, Ordering::Release);
         }
