@@ -24,6 +24,7 @@ use crate::error::GatewayError;
 use crate::routes::Route;
 use crate::state::Snapshot;
 use crate::store::Revocations;
+use crate::timer::SleepSlot;
 use headers::{Downstream, Seen, rewrite_request};
 
 /// The client end of a connection, with what each of its requests reuses.
@@ -31,13 +32,19 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The address as an `X-Forwarded-For` value, formatted once.
     value: HeaderValue,
+    /// Times each request's upstream exchange (see `timer.rs`).
+    upstream_timer: Arc<SleepSlot>,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
         let value = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
-        Peer { addr, value }
+        Peer {
+            addr,
+            value,
+            upstream_timer: Arc::default(),
+        }
     }
 }
 
@@ -46,6 +53,8 @@ impl Peer {
 struct Ctx<'s> {
     route: Option<&'s str>,
     caller: Option<Arc<VerifiedClaims>>,
+    /// The access log is on: time the upstream exchange.
+    timed: bool,
     upstream_time: Option<Duration>,
 }
 
@@ -59,7 +68,10 @@ pub async fn handle(
     // Copying the method and URI costs a little; only pay it when the access log is on.
     let log = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
-    let mut ctx = Ctx::default();
+    let mut ctx = Ctx {
+        timed: log.is_some(),
+        ..Ctx::default()
+    };
     let rsp = handle_inner(req, snap, revocations, peer, &mut ctx)
         .await
         .unwrap_or_else(GatewayError::into_response);
@@ -116,9 +128,19 @@ async fn handle_inner<'s>(
             body::stream(Deadline::new(b, timeout))
         }
     });
-    let started = Instant::now();
-    let rsp = forward::forward(req, upstream, index, authority, path_and_query, upgrade).await;
-    ctx.upstream_time = Some(started.elapsed());
+    let started = ctx.timed.then(Instant::now);
+    let timer = &peer.upstream_timer;
+    let rsp = forward::forward(
+        req,
+        upstream,
+        index,
+        authority,
+        path_and_query,
+        upgrade,
+        timer,
+    );
+    let rsp = rsp.await;
+    ctx.upstream_time = started.map(|t| t.elapsed());
     rsp
 }
 

@@ -26,6 +26,7 @@ use crate::error::GatewayError;
 use crate::proxy::Peer;
 use crate::proxy::forward::ConnGuard;
 use crate::state::{Gateway, Shared, Snapshot};
+use crate::timer::ConnTimer;
 use admin::Health;
 use drain::Drain;
 
@@ -210,8 +211,11 @@ fn spawn_connection(
             let conn = drain.watch(conn, http2::Connection::graceful_shutdown);
             Box::pin(first_request_within(limit, framing, conn))
         } else {
-            // hyper bounds every HTTP/1 head with `header_read_timeout` itself.
-            let conn = settings.http1.serve_connection(io, svc).with_upgrades();
+            // hyper bounds every HTTP/1 head with `header_read_timeout`
+            // itself, with this connection's reusable timer.
+            let mut http1 = settings.http1.clone();
+            http1.timer(ConnTimer::default());
+            let conn = http1.serve_connection(io, svc).with_upgrades();
             let conn = drain.watch(conn, http1::UpgradeableConnection::graceful_shutdown);
             Box::pin(async move { Some(conn.await) })
         }

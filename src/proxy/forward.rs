@@ -19,6 +19,7 @@ use super::upstream::Upstream;
 use crate::body::{self, Body};
 use crate::config::Target;
 use crate::error::GatewayError;
+use crate::timer::SleepSlot;
 
 /// Keeps what the client connection holds (its `max_connections` permit)
 /// alive for as long as an upgraded tunnel made from it runs. The server
@@ -43,6 +44,7 @@ pub async fn forward(
     authority: &http::uri::Authority,
     path_and_query: PathAndQuery,
     downstream_upgrade: Option<Upgrade>,
+    timer: &Arc<SleepSlot>,
 ) -> Result<Response<Body>, GatewayError> {
     // HTTP/1.1 upstreams get the origin form and a Host.
     *req.uri_mut() = Uri::from(path_and_query);
@@ -55,7 +57,9 @@ pub async fn forward(
     *req.version_mut() = http::Version::HTTP_11;
 
     let pool = upstream.pool(target_index);
-    let sent = tokio::time::timeout(upstream.timeout, send(req, pool, upstream, authority)).await;
+    let sent = timer
+        .within(upstream.timeout, send(req, pool, upstream, authority))
+        .await;
     let (mut rsp, sender) = match sent {
         Err(_elapsed) => {
             tracing::warn!(upstream = %upstream.name, target = %authority, "upstream timed out");
