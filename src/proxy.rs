@@ -97,10 +97,14 @@ async fn handle_inner<'s>(
     peer: &Peer,
     ctx: &mut Ctx<'s>,
 ) -> Result<Response<Body>, GatewayError> {
-    check_request(&req)?;
+    let host = check_request(&req)?;
+    let host_str = match &host {
+        Some(h) => h.to_str().ok(),
+        None => req.uri().authority().map(|a| a.as_str()),
+    };
     let route = snap
         .routes
-        .find(req.method(), host(&req), req.uri().path())
+        .find(req.method(), host_str, req.uri().path())
         .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(&route.path_prefix);
     let caller = admit(req.headers(), route, snap, revocations)?;
@@ -108,7 +112,8 @@ async fn handle_inner<'s>(
     let seen = Seen::scan(req.headers(), Some(snap.verifier.identity()));
     // Read before the hop-by-hop headers go: they carry the upgrade request.
     let upgrade = seen.is_upgrade(req.headers());
-    rewrite_headers(&mut req, seen, snap, peer, ctx.caller.as_deref(), upgrade);
+    let caller = ctx.caller.as_deref();
+    rewrite_headers(&mut req, host, seen, snap, peer, caller, upgrade);
 
     let upstream = &snap.upstreams[route.upstream];
     let (index, target) = upstream.pick();
@@ -213,6 +218,7 @@ static VIA_2: HeaderValue = HeaderValue::from_static("2 gatehouse");
 
 fn rewrite_headers(
     req: &mut Request<Incoming>,
+    host: Option<HeaderValue>,
     seen: Seen,
     snap: &Snapshot,
     peer: &Peer,
@@ -227,8 +233,8 @@ fn rewrite_headers(
     let ip = peer.addr.ip();
     let trusted_proxies = &snap.config.server.trusted_proxies;
     let trusted = trusted_proxies.iter().any(|c| c.contains(ip));
-    let host = match req.headers().get(header::HOST) {
-        Some(host) => Some(host.clone()),
+    let host = match host {
+        Some(host) => Some(host),
         // HTTP/2 clients send :authority instead: it becomes the upstream's Host.
         None => {
             let authority = req.uri().authority();
@@ -278,15 +284,17 @@ pub(crate) fn host<B>(req: &Request<B>) -> Option<&str> {
 /// §3.2: routing would use one, the upstream maybe another).
 /// (`Content-Length` with `Transfer-Encoding` never gets here: hyper drops
 /// the `Content-Length`, so `server::framing` refuses those requests.)
-fn check_request<B>(req: &Request<B>) -> Result<(), GatewayError> {
+/// Returns the `Host` header.
+fn check_request<B>(req: &Request<B>) -> Result<Option<HeaderValue>, GatewayError> {
     if path::is_ambiguous(req.uri().path()) {
         return Err(GatewayError::BadRequest(
             "the path has dot-segments, empty segments or encoded characters an upstream could decode",
         ));
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() {
         return Err(GatewayError::BadRequest("more than one Host header"));
     }
-    Ok(())
+    Ok(host)
 }

@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::{Identity, VerifiedClaims};
 
@@ -118,23 +118,32 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
 /// `Connection` named other headers, which are gone now (`seen` is stale).
 fn remove_hop_by_hop(h: &mut HeaderMap, seen: Seen, upgrade: bool) -> bool {
     let mut named_others = false;
-    // `Connection: keep-alive` / `close` / `upgrade` name nothing outside the
-    // fixed set: collect names only when the client named others.
-    if seen.has(Seen::CONNECTION) {
-        let fixed = ["keep-alive", "close", "upgrade"];
-        if connection_tokens(h).any(|t| !fixed.iter().any(|f| t.eq_ignore_ascii_case(f))) {
-            named_others = true;
-            let named: Vec<HeaderName> = connection_tokens(h)
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                .collect();
-            for name in named {
-                if !(upgrade && name == header::UPGRADE) {
-                    h.remove(name);
+    if seen.has(Seen::CONNECTION)
+        && let Entry::Occupied(connection) = h.entry(header::CONNECTION)
+    {
+        // Read while removed: one lookup. The usual values (`keep-alive`,
+        // `close`, `upgrade`) name nothing else and allocate nothing.
+        let mut named = Vec::new();
+        for value in connection.remove_entry_mult().1 {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                let fixed = ["keep-alive", "close", "upgrade"];
+                if !fixed.iter().any(|f| token.eq_ignore_ascii_case(f))
+                    && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                {
+                    named.push(name);
                 }
             }
         }
+        named_others = !named.is_empty();
+        for name in named {
+            if !(upgrade && name == header::UPGRADE) {
+                h.remove(name);
+            }
+        }
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+    // `Connection` (bit 0) is gone already.
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
         if seen.has(1 << i) {
             h.remove(name);
         }

@@ -338,6 +338,11 @@ impl Tracker {
 
 impl Head {
     fn header(&mut self, line: &[u8]) {
+        // Only `Content-Length` and `Transfer-Encoding` matter here: most
+        // lines (`Host`, `Authorization`, `Accept`...) end at their first byte.
+        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+            return;
+        }
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             return; // hyper refuses the head; nothing after it is served
         };
