@@ -125,9 +125,12 @@ fn remove_hop_by_hop(h: &mut HeaderMap, seen: Seen, upgrade: bool) -> bool {
         // `close`, `upgrade`) name nothing else and allocate nothing.
         let mut named = Vec::new();
         for value in connection.remove_entry_mult().1 {
+            let fixed = ["keep-alive", "close", "upgrade"];
             let Ok(value) = value.to_str() else { continue };
+            if fixed.iter().any(|f| value.eq_ignore_ascii_case(f)) {
+                continue;
+            }
             for token in value.split(',').map(str::trim) {
-                let fixed = ["keep-alive", "close", "upgrade"];
                 if !fixed.iter().any(|f| token.eq_ignore_ascii_case(f))
                     && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
                 {
