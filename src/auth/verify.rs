@@ -239,15 +239,11 @@ impl Verifier {
         let key = issuer.key_for(&header)?;
         self.signature_checks.fetch_add(1, Ordering::Relaxed);
         let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
-        // `key.algorithm` (never the header's choice, though they are equal here).
-        match jsonwebtoken::crypto::verify(
-            signature,
-            signed.as_bytes(),
-            &key.decoding,
-            key.algorithm,
-        ) {
-            Ok(true) => Ok((claims, issuer)),
-            Ok(false) | Err(_) => Err(Rejected("bad signature")),
+        // With `key.algorithm` (never the header's choice, though they are equal here).
+        if key.verifying.verify(signed.as_bytes(), signature) {
+            Ok((claims, issuer))
+        } else {
+            Err(Rejected("bad signature"))
         }
     }
 
@@ -316,5 +312,113 @@ impl Issuer {
             return Err(Rejected("algorithm not allowed"));
         }
         Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use serde_json::json;
+
+    use super::*;
+    use crate::auth::keys::tests::{signer, test_keys};
+    use crate::config::IdentityConfig;
+
+    /// One issuer (tokens without `iss`) trusting every test key.
+    fn verifier() -> Verifier {
+        let keys = &test_keys().set;
+        let issuer = IssuerSpec {
+            issuer: None,
+            keys: keys.iter().map(|k| k.id.clone()).collect(),
+            audiences: None,
+            algorithms: None,
+        };
+        let tokens = TokensConfig {
+            issuer: "https://gatehouse.test".into(),
+            audience: "api".into(),
+            access_ttl: Duration::from_secs(600),
+            refresh_ttl: Duration::from_secs(3600),
+            leeway: Duration::ZERO,
+            refresh_reuse_grace: Duration::ZERO,
+        };
+        let identity = Identity::new(
+            &IdentityConfig {
+                subject_header: None,
+                roles_header: None,
+                claims_header: None,
+                claim_headers: Vec::new(),
+                roles_claim: "roles".into(),
+                forward_authorization: false,
+            },
+            Vec::new(),
+        );
+        Verifier::new(keys, &[issuer], &tokens, identity)
+    }
+
+    fn token(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(Into::into);
+        let claims = json!({ "sub": "alice", "exp": jsonwebtoken::get_current_timestamp() + 600 });
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    }
+
+    fn reason(v: &Verifier, token: &str) -> &'static str {
+        v.verify(token).err().unwrap_or(Rejected("accepted")).0
+    }
+
+    #[test]
+    fn every_key_accepts_its_tokens_and_refuses_bad_signatures() {
+        let v = verifier();
+        for key in test_keys().set.iter() {
+            let good = token(key.algorithm, Some(&key.id), signer(key));
+            assert_eq!(reason(&v, &good), "accepted", "key {}", key.id);
+            let (signed, signature) = good.rsplit_once('.').unwrap();
+            let mut flipped = URL_SAFE_NO_PAD.decode(signature).unwrap();
+            flipped[0] ^= 0x80;
+            let short = &signature[..signature.len() - 4];
+            let flipped = URL_SAFE_NO_PAD.encode(flipped);
+            let padded = format!("{signature}=");
+            let invalid = format!("+{}", &signature[1..]);
+            for bad in [&flipped, short, "", &padded, &invalid] {
+                let forged = format!("{signed}.{bad}");
+                assert_eq!(reason(&v, &forged), "bad signature", "key {} {bad}", key.id);
+            }
+        }
+    }
+
+    #[test]
+    fn the_key_not_the_header_chooses_the_algorithm() {
+        let v = verifier();
+        let pem = test_keys().rsa_public_pem.as_bytes();
+        let rsa_as_secret = EncodingKey::from_secret(pem);
+        // HS256 naming an RSA key: that key verifies RS256 only.
+        for kid in ["RS256", "RS256.pub", "RS256.pkcs1"] {
+            let t = token(Algorithm::HS256, Some(kid), &rsa_as_secret);
+            assert_eq!(reason(&v, &t), "algorithm not allowed", "{kid}");
+        }
+        // Without kid: the HS256 key's own secret checks it.
+        let t = token(Algorithm::HS256, None, &rsa_as_secret);
+        assert_eq!(reason(&v, &t), "bad signature");
+        // `alg: none`, whatever the signature: jsonwebtoken has no such
+        // algorithm, so the header does not even parse.
+        let hs = test_keys().set.get("HS256").unwrap();
+        let good = token(Algorithm::HS256, Some("HS256"), signer(hs));
+        let (_, rest) = good.split_once('.').unwrap();
+        for header in [
+            json!({ "alg": "none" }),
+            json!({ "alg": "none", "kid": "HS256" }),
+        ] {
+            let header = URL_SAFE_NO_PAD.encode(header.to_string());
+            for t in [
+                format!("{header}.{rest}"),
+                format!("{header}.{}.", rest.split('.').next().unwrap()),
+            ] {
+                assert_eq!(reason(&v, &t), "malformed token", "{t}");
+            }
+        }
+        // Only the kid-less HS256 token reached a signature check.
+        assert_eq!(v.signature_checks(), 1);
     }
 }
