@@ -5,16 +5,13 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 use jsonwebtoken::Algorithm;
+use support::process::{BIN, Gatehouse, free_addrs, status_of};
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
 /// An environment variable no test machine sets.
 const UNSET_VAR: &str = "GATEHOUSE_TEST_SURELY_UNSET_9F2C";
@@ -238,139 +235,6 @@ async fn check_on_a_missing_file_exits_1() {
 
 // === serve ===
 
-/// A running `gatehouse serve`, killed when dropped. Its stderr (the log)
-/// goes to a file, read back with [`Gatehouse::log`].
-struct Gatehouse {
-    child: Child,
-    log: PathBuf,
-    listen: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Gatehouse {
-    fn spawn(config: &Path, listen: SocketAddr, admin: SocketAddr) -> Gatehouse {
-        let log = config.with_file_name("gatehouse.log");
-        let child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(config)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the binary starts");
-        Gatehouse {
-            child,
-            log,
-            listen,
-            admin,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-
-    fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{sig}"), self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{sig} failed");
-    }
-
-    /// The exit status, if the process ends within `limit`.
-    async fn exited_within(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Writes `config(listen, admin)` into `dir` for two free ports, serves
-    /// it, and waits until both listeners answer. Another process can take a
-    /// port between our probe and the bind: then it retries with new ports.
-    async fn start(dir: &Path, config: impl Fn(SocketAddr, SocketAddr) -> String) -> Gatehouse {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let (listen, admin) = free_addrs();
-            let path = write_config(dir, &config(listen, admin));
-            let mut gw = Gatehouse::spawn(&path, listen, admin);
-            match gw.ready().await {
-                Ok(()) => return gw,
-                Err(log) if log.contains("cannot listen") && attempts < 3 => continue,
-                Err(log) => panic!("gatehouse did not start:\n{log}"),
-            }
-        }
-    }
-
-    /// Waits until both listeners answer as gatehouse would: the admin
-    /// `/healthz` with 200, the proxy with a 404 for a path no route has.
-    async fn ready(&mut self) -> Result<(), String> {
-        let limit = Duration::from_secs(30);
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Err(format!("exited with {status}:\n{}", self.log()));
-            }
-            let admin = status_of(&self.admin_url("/healthz"), &[]).await;
-            let main = status_of(&self.url("/__ready_probe"), &[]).await;
-            if admin == Some(StatusCode::OK) && main == Some(StatusCode::NOT_FOUND) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("not serving after {limit:?}:\n{}", self.log()));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Gatehouse {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Two distinct ports nothing listens on right now (for `listen` and
-/// `admin_listen`): both are held until both are known, or the kernel could
-/// hand out the same port twice.
-fn free_addrs() -> (SocketAddr, SocketAddr) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap(), b.local_addr().unwrap())
-}
-
-/// The status of `GET url`, or `None` when nothing answers within 5 s.
-async fn status_of(url: &str, headers: &[(&str, &str)]) -> Option<StatusCode> {
-    let mut req = Request::get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Full::<Bytes>::default()).unwrap();
-    match tokio::time::timeout(Duration::from_secs(5), client().request(req)).await {
-        Ok(Ok(rsp)) => Some(rsp.status()),
-        _ => None,
-    }
-}
-
 /// Polls `probe` every 50 ms until it holds or `limit` passes.
 async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> bool
 where
@@ -569,7 +433,7 @@ async fn sigterm_exits_0_after_shutdown_grace_when_a_request_outlasts_it() {
     .await;
 
     let url = gw.url("/slow/60000");
-    let _in_flight = tokio::spawn(async move { status_of(&url, &[]).await });
+    let _in_flight = tokio::spawn(async move { status_of(&url).await });
     assert!(
         eventually(Duration::from_secs(10), || async { up.hits() >= 1 }).await,
         "the slow request never reached the upstream"
@@ -610,7 +474,7 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_bro
     let url = gw.url("/new/x");
     assert!(
         eventually(Duration::from_secs(20), || async {
-            status_of(&url, &[]).await == Some(StatusCode::OK)
+            status_of(&url).await == Some(StatusCode::OK)
         })
         .await,
         "the new route never answered:\n{}",

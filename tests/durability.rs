@@ -6,20 +6,16 @@ mod support;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::Full;
+use http::{Method, StatusCode};
 use serde_json::json;
-use support::{Reply, client, get, get_with_token, send};
-
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+use support::process::{BIN, Gatehouse, free_addrs, status_of};
+use support::{Reply, get, get_with_token, send};
 
 /// The one password every test user has.
 const PASSWORD: &str = "pw";
@@ -86,139 +82,9 @@ fn write_users(dir: &Path, users: &[&str]) {
     std::fs::write(dir.join("users.toml"), text).unwrap();
 }
 
-// === the process harness (after tests/cli.rs) ===
-
-/// Distinct log file names, so a restart does not overwrite the log of the
-/// run before it.
-static SPAWNS: AtomicUsize = AtomicUsize::new(0);
-
-/// A running `gatehouse serve`, SIGKILLed when dropped. Its stderr (the log)
-/// goes to a file, read back with [`Gatehouse::log`].
-struct Gatehouse {
-    child: Child,
-    log: PathBuf,
-    listen: SocketAddr,
-    admin: SocketAddr,
-}
+// === the endpoints (on the shared process harness) ===
 
 impl Gatehouse {
-    fn spawn(config: &Path, listen: SocketAddr, admin: SocketAddr) -> Gatehouse {
-        let n = SPAWNS.fetch_add(1, Ordering::Relaxed);
-        let log = config.with_file_name(format!("gatehouse-{n}.log"));
-        let child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(config)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the binary starts");
-        Gatehouse {
-            child,
-            log,
-            listen,
-            admin,
-        }
-    }
-
-    /// Writes [`config`] as `dir/gateway.toml` for two free ports, serves it,
-    /// and waits until both listeners answer. Another process can take a
-    /// port between our probe and the bind: then it retries with new ports.
-    async fn start(dir: &Path) -> Gatehouse {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let (listen, admin) = free_addrs();
-            let path = dir.join("gateway.toml");
-            std::fs::write(&path, config(listen, admin)).unwrap();
-            let mut gw = Gatehouse::spawn(&path, listen, admin);
-            match gw.ready().await {
-                Ok(()) => return gw,
-                Err(log) if log.contains("cannot listen") && attempts < 3 => continue,
-                Err(log) => panic!("gatehouse did not start:\n{log}"),
-            }
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-
-    fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{sig}"), self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{sig} failed");
-    }
-
-    /// The exit status, if the process ends within `limit`.
-    async fn exited_within(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// SIGTERM, and the process exits 0.
-    async fn stop(mut self) {
-        self.signal("TERM");
-        let status = self
-            .exited_within(Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|| panic!("still running 20 s after SIGTERM:\n{}", self.log()));
-        assert_eq!(status.code(), Some(0), "{}", self.log());
-    }
-
-    /// SIGKILL: no shutdown code runs at all.
-    async fn kill_9(mut self) {
-        self.signal("KILL");
-        let status = self
-            .exited_within(Duration::from_secs(10))
-            .await
-            .expect("a SIGKILLed process ends");
-        assert_eq!(status.signal(), Some(9), "{status}");
-    }
-
-    /// Waits until both listeners answer as gatehouse would: the admin
-    /// `/healthz` with 200, the proxy with a 404 for a path no route has.
-    async fn ready(&mut self) -> Result<(), String> {
-        let limit = Duration::from_secs(30);
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Err(format!("exited with {status}:\n{}", self.log()));
-            }
-            let admin = status_of(&self.admin_url("/healthz")).await;
-            let main = status_of(&self.url("/__ready_probe")).await;
-            if admin == Some(StatusCode::OK) && main == Some(StatusCode::NOT_FOUND) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("not serving after {limit:?}:\n{}", self.log()));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    // === the endpoints ===
-
     async fn post_json(
         &self,
         path: &str,
@@ -299,13 +165,6 @@ impl Gatehouse {
     }
 }
 
-impl Drop for Gatehouse {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// An access + refresh token pair from /auth/login or /auth/refresh.
 struct Pair {
     access: String,
@@ -322,33 +181,16 @@ impl Pair {
     }
 }
 
-/// Two distinct ports nothing listens on right now (for `listen` and
-/// `admin_listen`): both are held until both are known.
-fn free_addrs() -> (SocketAddr, SocketAddr) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap(), b.local_addr().unwrap())
-}
-
-/// The status of `GET url`, or `None` when nothing answers within 5 s.
-async fn status_of(url: &str) -> Option<StatusCode> {
-    let req = Request::get(url).body(Full::<Bytes>::default()).unwrap();
-    match tokio::time::timeout(Duration::from_secs(5), client().request(req)).await {
-        Ok(Ok(rsp)) => Some(rsp.status()),
-        _ => None,
-    }
-}
-
 // === restarts ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unused_refresh_token_survives_a_restart_and_works_once() {
     let dir = site(&["alice"]);
-    let gw = Gatehouse::start(dir.path()).await;
+    let gw = Gatehouse::start(dir.path(), config).await;
     let pair = gw.pair("alice").await;
     gw.stop().await;
 
-    let gw = Gatehouse::start(dir.path()).await;
+    let gw = Gatehouse::start(dir.path(), config).await;
     let next = gw.rotate(&pair.refresh).await;
     assert_eq!(gw.api(&next.access).await, 200, "{}", gw.log());
     let again = gw.refresh(&pair.refresh).await;
@@ -359,7 +201,7 @@ async fn an_unused_refresh_token_survives_a_restart_and_works_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_survive_kill_9() {
     let dir = site(&["alice"]);
-    let gw = Gatehouse::start(dir.path()).await;
+    let gw = Gatehouse::start(dir.path(), config).await;
     let a = gw.pair("alice").await;
     let b = gw.pair("alice").await;
     let c = gw.pair("alice").await;
@@ -369,7 +211,7 @@ async fn revocations_survive_kill_9() {
     // No graceful shutdown: what a 2xx promised must already be on disk.
     gw.kill_9().await;
 
-    let gw = Gatehouse::start(dir.path()).await;
+    let gw = Gatehouse::start(dir.path(), config).await;
     // The logout holds: A's access token (by jti and family) and its refresh token.
     assert_eq!(gw.api(&a.access).await, 401, "{}", gw.log());
     assert_eq!(gw.refresh(&a.refresh).await.status, 401);
@@ -406,7 +248,7 @@ async fn revocations_survive_kill_9() {
 
     // And the reuse revocation itself is durable.
     gw.kill_9().await;
-    let gw = Gatehouse::start(dir.path()).await;
+    let gw = Gatehouse::start(dir.path(), config).await;
     assert_eq!(gw.api(&b2.access).await, 401, "{}", gw.log());
     assert_eq!(gw.refresh(&b2.refresh).await.status, 401);
     assert_eq!(gw.api(&c3.access).await, 200);
@@ -415,7 +257,7 @@ async fn revocations_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generated_key_survives_a_restart() {
     let dir = site(&["alice"]);
-    let gw = Gatehouse::start(dir.path()).await;
+    let gw = Gatehouse::start(dir.path(), config).await;
     let kids = gw.jwks_kids().await;
     assert_eq!(kids.len(), 1, "one generated key: {kids:?}");
     let pair = gw.pair("alice").await;
@@ -436,7 +278,7 @@ async fn the_generated_key_survives_a_restart() {
     assert_eq!(dir_mode & 0o077, 0, "state dir mode {dir_mode:o}");
     let pem_before = std::fs::read(&key).unwrap();
 
-    let gw = Gatehouse::start(dir.path()).await;
+    let gw = Gatehouse::start(dir.path(), config).await;
     assert_eq!(
         gw.jwks_kids().await,
         kids,
@@ -455,14 +297,14 @@ async fn the_generated_key_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_all_survives_a_restart() {
     let dir = site(&["alice"]);
-    let gw = Gatehouse::start(dir.path()).await;
+    let gw = Gatehouse::start(dir.path(), config).await;
     let old = gw.pair("alice").await;
     assert_eq!(gw.api(&old.access).await, 200);
     assert_eq!(gw.post_bearer("/auth/logout-all", &old.access).await, 204);
     assert_eq!(gw.api(&old.access).await, 401);
     gw.stop().await;
 
-    let gw = Gatehouse::start(dir.path()).await;
+    let gw = Gatehouse::start(dir.path(), config).await;
     assert_eq!(gw.api(&old.access).await, 401, "{}", gw.log());
     assert_eq!(gw.refresh(&old.refresh).await.status, 401);
     // Only tokens issued before the logout-all are refused.
@@ -475,7 +317,7 @@ async fn logout_all_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_users_file() {
     let dir = site(&["alice"]);
-    let gw = Gatehouse::start(dir.path()).await;
+    let gw = Gatehouse::start(dir.path(), config).await;
     let bob = gw.login("bob", PASSWORD).await;
     assert_eq!(bob.status, 401);
     assert_eq!(bob.json()["error"], "invalid_credentials");
@@ -554,7 +396,7 @@ async fn check_reports_a_bad_users_file_hash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_on_the_same_state_dir_fails_clearly() {
     let dir = site(&["alice"]);
-    let first = Gatehouse::start(dir.path()).await;
+    let first = Gatehouse::start(dir.path(), config).await;
 
     let (listen, admin) = free_addrs();
     let path = dir.path().join("second.toml");
