@@ -8,6 +8,7 @@
 pub mod authorize;
 pub mod bearer;
 pub mod cache;
+pub mod claims;
 pub mod issue;
 pub mod jwks;
 pub mod keygen;
@@ -21,6 +22,7 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::config::IdentityConfig;
+use claims::Claims;
 
 pub use authorize::{AccessRule, Denied};
 pub use bearer::{BearerToken, Malformed};
@@ -70,23 +72,23 @@ impl VerifiedClaims {
     fn build(
         token: &str,
         payload_b64: &str,
-        claims: Map<String, Value>,
+        claims: &Claims<'_>,
         exp: u64,
         own: bool,
         ids: &Identity,
     ) -> Result<Self, &'static str> {
         let subject: Option<Box<str>> = match claims.get("sub") {
-            Some(Value::String(s)) => Some(s.as_str().into()),
+            Some(Value::String(s)) => Some(s.into()),
             Some(Value::Number(n)) => Some(n.to_string().into()),
             _ => None,
         };
-        let roles = strings(claims.get(&ids.roles_claim), |s| {
+        let roles = strings(claims.get(&ids.roles_claim).as_ref(), |s| {
             s.split(',').map(str::trim)
         });
-        let mut scopes = strings(claims.get("scope"), |s| s.split_ascii_whitespace());
+        let mut scopes = strings(claims.get("scope").as_ref(), |s| s.split_ascii_whitespace());
         if scopes.is_empty() {
             // Okta and Azure AD put scopes in an `scp` array.
-            scopes = strings(claims.get("scp"), |s| s.split_ascii_whitespace());
+            scopes = strings(claims.get("scp").as_ref(), |s| s.split_ascii_whitespace());
         }
         let mut headers = Vec::new();
         let bad = "a claim cannot be forwarded in a header";
@@ -106,7 +108,7 @@ impl VerifiedClaims {
         for (claim, name) in &ids.claim_headers {
             let value = match claims.get(claim) {
                 None | Some(Value::Null) => continue,
-                Some(Value::String(s)) => s.clone(),
+                Some(Value::String(s)) => s,
                 Some(other) => other.to_string(),
             };
             headers.push((
@@ -114,20 +116,23 @@ impl VerifiedClaims {
                 HeaderValue::from_str(&value).map_err(|_| bad)?,
             ));
         }
-        let iss = claims.get("iss").and_then(Value::as_str);
-        let raw_jti = match claims.get("jti") {
-            Some(Value::String(j)) if !j.is_empty() => Some(j.as_str()),
+        // `signed` refused an `iss` that is not a string.
+        let iss = claims.str("iss").and_then(Result::ok);
+        let iss = iss.as_deref();
+        let raw_jti = match claims.str("jti") {
+            Some(Ok(j)) if !j.is_empty() => Some(j),
             _ => None,
         };
         // An access token of this gateway names its family: `{family}.{random}`.
         let family = raw_jti
+            .as_deref()
             .filter(|_| own)
             .and_then(|j| j.split_once('.'))
             .map(|(fam, _)| fam.into());
         // Revocations are kept per issuer, so another issuer's token cannot
         // name (and revoke) one of ours. PyJWT-style tokens often carry no
         // jti: logout still needs a name for them, a digest of the token.
-        let jti = match raw_jti {
+        let jti = match &raw_jti {
             Some(j) => crate::store::revocations::issuer_scoped(iss, j),
             None => {
                 let digest =
@@ -143,13 +148,13 @@ impl VerifiedClaims {
         let rule_claims = ids
             .rule_claims
             .iter()
-            .filter_map(|n| claims.get(n).map(|v| (n.as_str().into(), v.clone())))
+            .filter_map(|n| claims.get(n).map(|v| (n.as_str().into(), v)))
             .collect();
         Ok(VerifiedClaims {
             payload,
             rule_claims,
             subject_key,
-            iat: claims.get("iat").and_then(Value::as_u64),
+            iat: claims.u64("iat").and_then(Result::ok),
             jti,
             family,
             exp,
@@ -310,11 +315,10 @@ mod tests {
     }
 
     fn build(v: Value) -> Result<VerifiedClaims, &'static str> {
-        let Value::Object(map) = v else {
-            unreachable!()
-        };
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&map).unwrap());
-        VerifiedClaims::build("t", &payload, map, 1, true, &identity())
+        let json = serde_json::to_vec(&v).unwrap();
+        let payload = URL_SAFE_NO_PAD.encode(&json);
+        let claims = Claims::parse(&json).unwrap();
+        VerifiedClaims::build("t", &payload, &claims, 1, true, &identity())
     }
 
     #[test]

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::Header;
-use jsonwebtoken::errors::ErrorKind;
-use serde_json::{Map, Value};
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+
+use super::claims::{Claims, JoseHeader};
 
 use super::keys::{Key, KeySet};
 use super::{Identity, VerifiedClaims};
@@ -49,7 +50,7 @@ struct Issuer {
 
 /// The header fields this gateway looks at; anything it would have to follow
 /// or understand (`jku`, `x5u`, `jwk`, `crit`) makes the token unacceptable.
-fn check_header(h: &Header) -> Result<(), Rejected> {
+fn check_header(h: &JoseHeader<'_>) -> Result<(), Rejected> {
     if h.jku.is_some() || h.x5u.is_some() || h.jwk.is_some() {
         return Err(Rejected("jku, x5u and jwk headers are not accepted"));
     }
@@ -62,7 +63,7 @@ fn check_header(h: &Header) -> Result<(), Rejected> {
 
 /// Whether the header's `typ` names a refresh token. RFC 7515 §4.1.9: `typ`
 /// may carry the `application/` prefix, in any case.
-fn is_refresh_typ(h: &Header) -> bool {
+fn is_refresh_typ(h: &JoseHeader<'_>) -> bool {
     h.typ.as_deref().is_some_and(|typ| {
         let typ = match typ.get(..12) {
             Some(p) if p.eq_ignore_ascii_case("application/") => &typ[12..],
@@ -148,7 +149,8 @@ impl Verifier {
     /// # Errors
     /// [`Rejected`] with the reason for the `error_description`.
     pub fn verify(&self, token: &str) -> Result<VerifiedClaims, Rejected> {
-        let (claims, issuer) = self.signed(token, |h| {
+        let mut json = Vec::new();
+        let (claims, issuer) = self.signed(token, &mut json, |h| {
             if is_refresh_typ(h) {
                 return Err(Rejected("refresh tokens are not accepted here"));
             }
@@ -157,7 +159,7 @@ impl Verifier {
         let exp = self.check_claims(&claims, issuer)?;
         // `signed` checked there are exactly three segments.
         let payload = token.split('.').nth(1).unwrap_or_default();
-        VerifiedClaims::build(token, payload, claims, exp, issuer.own, &self.identity)
+        VerifiedClaims::build(token, payload, &claims, exp, issuer.own, &self.identity)
             .map_err(Rejected)
     }
 
@@ -169,7 +171,8 @@ impl Verifier {
     /// # Errors
     /// [`Rejected`] with the reason (for logs; clients get `invalid_grant`).
     pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, Rejected> {
-        let (claims, issuer) = self.signed(token, |h| {
+        let mut json = Vec::new();
+        let (claims, issuer) = self.signed(token, &mut json, |h| {
             if is_refresh_typ(h) {
                 Ok(())
             } else {
@@ -180,32 +183,34 @@ impl Verifier {
             return Err(Rejected("not issued by this gateway"));
         }
         let exp = self.check_exp_nbf(&claims)?;
-        if claims.get("type").and_then(Value::as_str) != Some("refresh") {
+        if !matches!(claims.str("type"), Some(Ok(t)) if t == "refresh") {
             return Err(Rejected("not a refresh token"));
         }
-        let text = |name: &str| match claims.get(name) {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        let text = |name: &str| match claims.str(name) {
+            Some(Ok(s)) if !s.is_empty() => Ok(s.into_owned()),
             _ => Err(Rejected("malformed token")),
         };
         Ok(RefreshClaims {
             subject: text("sub")?,
             jti: text("jti")?,
             family: text("fam")?,
-            iat: claims
-                .get("iat")
-                .and_then(Value::as_u64)
-                .ok_or(Rejected("malformed token"))?,
+            iat: match claims.u64("iat") {
+                Some(Ok(iat)) => iat,
+                _ => return Err(Rejected("malformed token")),
+            },
             exp,
         })
     }
 
     /// Splits and decodes `token`, picks its issuer and key, and checks the
-    /// signature; `typ` rules the header's `typ`. Returns the claims.
-    fn signed(
+    /// signature; `typ` rules the header's `typ`. Returns the claims, read
+    /// in place from `json` (the decoded payload).
+    fn signed<'j>(
         &self,
         token: &str,
-        typ: impl Fn(&Header) -> Result<(), Rejected>,
-    ) -> Result<(Map<String, Value>, &Issuer), Rejected> {
+        json: &'j mut Vec<u8>,
+        typ: impl Fn(&JoseHeader<'_>) -> Result<(), Rejected>,
+    ) -> Result<(Claims<'j>, &Issuer), Rejected> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejected("token too large"));
         }
@@ -218,25 +223,30 @@ impl Verifier {
         };
         // Header and claims are each decoded once; the claims are read before
         // the signature is checked only to pick the issuer whose keys check it.
-        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::InvalidAlgorithmName => Rejected("algorithm not allowed"),
-            _ => malformed,
-        })?;
+        let header_json = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| malformed)?;
+        let header: JoseHeader<'_> = serde_json::from_slice(&header_json).map_err(|_| malformed)?;
+        // An algorithm jsonwebtoken does not know (`none` among them) is none of ours.
+        let alg: Algorithm = header
+            .alg
+            .parse()
+            .map_err(|_| Rejected("algorithm not allowed"))?;
         check_header(&header)?;
         typ(&header)?;
-        let json = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| malformed)?;
-        let claims: Map<String, Value> = serde_json::from_slice(&json).map_err(|_| malformed)?;
-        let iss = match claims.get("iss") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(_) => return Err(Rejected("wrong issuer")),
+        URL_SAFE_NO_PAD
+            .decode_vec(payload_b64, json)
+            .map_err(|_| malformed)?;
+        let claims = Claims::parse(json).map_err(|_| malformed)?;
+        let iss = match claims.str("iss") {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(())) => return Err(Rejected("wrong issuer")),
         };
         let issuer = self
             .issuers
             .iter()
-            .find(|i| i.iss.as_deref() == iss)
+            .find(|i| i.iss.as_deref() == iss.as_deref())
             .ok_or(Rejected("unknown issuer"))?;
-        let key = issuer.key_for(&header)?;
+        let key = issuer.key_for(header.kid.as_deref(), alg)?;
         self.signature_checks.fetch_add(1, Ordering::Relaxed);
         let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
         // With `key.algorithm` (never the header's choice, though they are equal here).
@@ -249,13 +259,13 @@ impl Verifier {
 
     /// RFC 7519 §4.1: `exp` (required), `nbf`, `aud`, with `leeway`; and
     /// the `type` claim, when present, must be `access`. Returns `exp`.
-    fn check_claims(&self, claims: &Map<String, Value>, issuer: &Issuer) -> Result<u64, Rejected> {
+    fn check_claims(&self, claims: &Claims<'_>, issuer: &Issuer) -> Result<u64, Rejected> {
         let exp = self.check_exp_nbf(claims)?;
         if let Some(want) = &issuer.audiences {
             let named = |a: &str| want.iter().any(|w| w == a);
             let ok = match claims.get("aud") {
                 None => return Err(Rejected("missing aud")),
-                Some(Value::String(a)) => named(a),
+                Some(Value::String(a)) => named(&a),
                 Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(named),
                 Some(_) => false,
             };
@@ -263,27 +273,26 @@ impl Verifier {
                 return Err(Rejected("wrong audience"));
             }
         }
-        if claims
-            .get("type")
-            .is_some_and(|t| t.as_str() != Some("access"))
-        {
-            return Err(Rejected("not an access token"));
+        match claims.get("type") {
+            None => {}
+            Some(Value::String(t)) if t == "access" => {}
+            Some(_) => return Err(Rejected("not an access token")),
         }
         Ok(exp)
     }
 
     /// `exp` (required) and `nbf`, with `leeway`. Returns `exp`.
-    fn check_exp_nbf(&self, claims: &Map<String, Value>) -> Result<u64, Rejected> {
+    fn check_exp_nbf(&self, claims: &Claims<'_>) -> Result<u64, Rejected> {
         let now = jsonwebtoken::get_current_timestamp();
-        let exp = match claims.get("exp") {
+        let exp = match claims.u64("exp") {
             None => return Err(Rejected("missing exp")),
-            Some(v) => v.as_u64().ok_or(Rejected("malformed token"))?,
+            Some(exp) => exp.map_err(|()| Rejected("malformed token"))?,
         };
         if exp.saturating_add(self.leeway) < now {
             return Err(Rejected("token expired"));
         }
-        if let Some(nbf) = claims.get("nbf") {
-            let nbf = nbf.as_u64().ok_or(Rejected("malformed token"))?;
+        if let Some(nbf) = claims.u64("nbf") {
+            let nbf = nbf.map_err(|()| Rejected("malformed token"))?;
             if nbf > now.saturating_add(self.leeway) {
                 return Err(Rejected("token not yet valid"));
             }
@@ -293,22 +302,22 @@ impl Verifier {
 }
 
 impl Issuer {
-    /// The key for `header`: by `kid` when the token names one, else the
-    /// issuer's key for the header's algorithm (PyJWT-style tokens carry no kid).
-    fn key_for(&self, header: &Header) -> Result<&Arc<Key>, Rejected> {
-        let key = match &header.kid {
+    /// The key for a header's `kid` and `alg`: by `kid` when the token names
+    /// one, else the issuer's key for `alg` (PyJWT-style tokens carry no kid).
+    fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<&Arc<Key>, Rejected> {
+        let key = match kid {
             Some(kid) => self
                 .keys
                 .iter()
-                .find(|k| &k.id == kid)
+                .find(|k| k.id == kid)
                 .ok_or(Rejected("unknown kid"))?,
             None => self
                 .keys
                 .iter()
-                .find(|k| k.algorithm == header.alg)
+                .find(|k| k.algorithm == alg)
                 .ok_or(Rejected("algorithm not allowed"))?,
         };
-        if key.algorithm != header.alg {
+        if key.algorithm != alg {
             return Err(Rejected("algorithm not allowed"));
         }
         Ok(key)
@@ -358,7 +367,7 @@ mod tests {
     }
 
     fn token(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
-        let mut header = Header::new(alg);
+        let mut header = jsonwebtoken::Header::new(alg);
         header.kid = kid.map(Into::into);
         let claims = json!({ "sub": "alice", "exp": jsonwebtoken::get_current_timestamp() + 600 });
         jsonwebtoken::encode(&header, &claims, key).unwrap()
@@ -401,8 +410,8 @@ mod tests {
         // Without kid: the HS256 key's own secret checks it.
         let t = token(Algorithm::HS256, None, &rsa_as_secret);
         assert_eq!(reason(&v, &t), "bad signature");
-        // `alg: none`, whatever the signature: jsonwebtoken has no such
-        // algorithm, so the header does not even parse.
+        // `alg: none`, whatever the signature: no key has that algorithm
+        // (jsonwebtoken does not even name it).
         let hs = test_keys().set.get("HS256").unwrap();
         let good = token(Algorithm::HS256, Some("HS256"), signer(hs));
         let (_, rest) = good.split_once('.').unwrap();
@@ -415,7 +424,7 @@ mod tests {
                 format!("{header}.{rest}"),
                 format!("{header}.{}.", rest.split('.').next().unwrap()),
             ] {
-                assert_eq!(reason(&v, &t), "malformed token", "{t}");
+                assert_eq!(reason(&v, &t), "algorithm not allowed", "{t}");
             }
         }
         // Only the kid-less HS256 token reached a signature check.

@@ -1,0 +1,155 @@
+//! A token's header and claims, read in place from their decoded JSON.
+//!
+//! On a cache miss the claims were parsed into a `serde_json::Map` (a
+//! B-tree of owned strings and values) that was read for a dozen names and
+//! dropped, and jsonwebtoken's `decode_header` parsed every JOSE member into
+//! owned strings. Here each claim stays the JSON text it was (`RawValue`,
+//! which serde still checks is valid JSON) until it is read, and the header
+//! borrows what it reads. Per HS256 verification (callgrind, bench tokens):
+//! 40.7k -> 35.8k instructions.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// The members of a JSON object, in order, each unparsed.
+pub struct Claims<'a> {
+    members: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Claims<'a> {
+    /// `json` must be one JSON object.
+    ///
+    /// # Errors
+    /// When it is not (or is not JSON).
+    pub fn parse(json: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(json)
+    }
+
+    /// The member `name` (RFC 7519 §4: of duplicate names, the last).
+    fn raw(&self, name: &str) -> Option<&'a RawValue> {
+        self.members
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|&(_, v)| v)
+    }
+
+    /// The member `name`, parsed. `null` is returned as `Value::Null`.
+    pub fn get(&self, name: &str) -> Option<Value> {
+        self.raw(name)
+            .map(|v| serde_json::from_str(v.get()).unwrap_or(Value::Null))
+    }
+
+    /// The member `name` if it is a string (borrowed unless it has escapes);
+    /// `None` if it is absent or `null`, `Err` if it is something else.
+    pub fn str(&self, name: &str) -> Option<Result<Cow<'a, str>, ()>> {
+        let raw = self.raw(name).filter(|v| v.get() != "null")?;
+        Some(match <&'a str>::deserialize(raw) {
+            Ok(s) => Ok(Cow::Borrowed(s)),
+            // Escapes (or not a string at all).
+            Err(_) => String::deserialize(raw).map(Cow::Owned).map_err(|_| ()),
+        })
+    }
+
+    /// The member `name` if it is a whole number ≥ 0; `Err` if it is there
+    /// but something else (a string, a float, a negative number).
+    pub fn u64(&self, name: &str) -> Option<Result<u64, ()>> {
+        let raw = self.raw(name)?;
+        Some(serde_json::from_str(raw.get()).map_err(|_| ()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Claims<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = Claims<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(12));
+                while let Some(member) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Claims { members })
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+/// The JOSE header members this gateway reads (RFC 7515 §4.1), borrowed
+/// from the decoded header. The ones it refuses to follow (`jku`, `x5u`,
+/// `jwk`) or cannot understand (`crit`) are only noticed.
+#[derive(Deserialize)]
+pub struct JoseHeader<'a> {
+    #[serde(borrow)]
+    pub alg: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub typ: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub kid: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub jku: Option<IgnoredAny>,
+    #[serde(default)]
+    pub x5u: Option<IgnoredAny>,
+    #[serde(default)]
+    pub jwk: Option<IgnoredAny>,
+    #[serde(default)]
+    pub crit: Option<IgnoredAny>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_read_when_asked_for() {
+        let json = br#"{"sub":"al\"ice","exp":1700000000,"n":-1,"f":1.5,"aud":["a","b"],"x":null,"sub":"bob"}"#;
+        let c = Claims::parse(json).unwrap();
+        // The last of duplicate names.
+        assert_eq!(c.str("sub"), Some(Ok(Cow::Borrowed("bob"))));
+        assert_eq!(c.u64("exp"), Some(Ok(1_700_000_000)));
+        assert_eq!(c.u64("n"), Some(Err(())));
+        assert_eq!(c.u64("f"), Some(Err(())));
+        assert_eq!(c.u64("sub"), Some(Err(())));
+        assert_eq!(c.str("exp"), Some(Err(())));
+        assert_eq!(c.get("aud"), Some(serde_json::json!(["a", "b"])));
+        assert_eq!(c.get("x"), Some(Value::Null));
+        assert_eq!(c.str("x"), None);
+        assert_eq!(c.get("missing"), None);
+        let escaped = Claims::parse(br#"{"s":"a\u0062c"}"#).unwrap();
+        assert_eq!(escaped.str("s"), Some(Ok(Cow::Owned("abc".into()))));
+    }
+
+    #[test]
+    fn only_a_json_object_is_claims() {
+        for bad in [&b"[1]"[..], b"\"s\"", b"{", b"{\"a\":}", b"{} x", b""] {
+            assert!(
+                Claims::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn the_header_notices_what_it_will_not_follow() {
+        let h: JoseHeader = serde_json::from_slice(
+            br#"{"alg":"HS256","typ":"JWT","kid":"k","jku":"https://x","crit":["b64"],"other":{"a":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(h.alg, "HS256");
+        assert_eq!(h.kid.as_deref(), Some("k"));
+        assert!(h.jku.is_some() && h.crit.is_some() && h.x5u.is_none() && h.jwk.is_none());
+        let null: JoseHeader = serde_json::from_slice(br#"{"alg":"RS256","jku":null}"#).unwrap();
+        assert!(null.jku.is_none());
+        assert!(serde_json::from_slice::<JoseHeader>(br#"{"typ":"JWT"}"#).is_err());
+        assert!(serde_json::from_slice::<JoseHeader>(br#"{"alg":"HS256","kid":5}"#).is_err());
+    }
+}
