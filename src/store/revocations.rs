@@ -34,8 +34,16 @@ struct Sets {
 /// one issuer, so a token of another issuer that happens to carry the same
 /// value can neither set nor trip it. (`{len(iss)}:{iss}{value}`.)
 pub fn issuer_scoped(issuer: Option<&str>, value: &str) -> String {
+    use std::fmt::Write;
     let issuer = issuer.unwrap_or("");
-    format!("{}:{issuer}{value}", issuer.len())
+    // Built by hand: `format!` cost about 1k instructions a call, twice per
+    // verified token.
+    let mut scoped = String::with_capacity(4 + issuer.len() + value.len());
+    let _ = write!(scoped, "{}", issuer.len());
+    scoped.push(':');
+    scoped.push_str(issuer);
+    scoped.push_str(value);
+    scoped
 }
 
 /// What the check needs to know about a token.
@@ -146,6 +154,18 @@ mod tests {
             subject: Some(sub),
             iat: Some(iat),
         }
+    }
+
+    #[test]
+    fn issuer_scoped_names_keep_their_stored_spelling() {
+        // Stored durably: the spelling must never change.
+        assert_eq!(issuer_scoped(Some("https://idp"), "42"), "11:https://idp42");
+        assert_eq!(issuer_scoped(None, "j"), "0:j");
+        // The length prefix keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(
+            issuer_scoped(Some("ab"), "c"),
+            issuer_scoped(Some("a"), "bc")
+        );
     }
 
     #[test]
