@@ -77,18 +77,19 @@ impl VerifiedClaims {
         own: bool,
         ids: &Identity,
     ) -> Result<Self, &'static str> {
-        let subject: Option<Box<str>> = match claims.get("sub") {
+        let get = |name: &str| claims.get(name).map_err(|_| "malformed token");
+        let subject: Option<Box<str>> = match get("sub")? {
             Some(Value::String(s)) => Some(s.into()),
             Some(Value::Number(n)) => Some(n.to_string().into()),
             _ => None,
         };
-        let roles = strings(claims.get(&ids.roles_claim).as_ref(), |s| {
+        let roles = strings(get(&ids.roles_claim)?.as_ref(), |s| {
             s.split(',').map(str::trim)
         });
-        let mut scopes = strings(claims.get("scope").as_ref(), |s| s.split_ascii_whitespace());
+        let mut scopes = strings(get("scope")?.as_ref(), |s| s.split_ascii_whitespace());
         if scopes.is_empty() {
             // Okta and Azure AD put scopes in an `scp` array.
-            scopes = strings(claims.get("scp").as_ref(), |s| s.split_ascii_whitespace());
+            scopes = strings(get("scp")?.as_ref(), |s| s.split_ascii_whitespace());
         }
         let mut headers = Vec::new();
         let bad = "a claim cannot be forwarded in a header";
@@ -106,7 +107,7 @@ impl VerifiedClaims {
             headers.push((name.clone(), payload.clone()));
         }
         for (claim, name) in &ids.claim_headers {
-            let value = match claims.get(claim) {
+            let value = match get(claim)? {
                 None | Some(Value::Null) => continue,
                 Some(Value::String(s)) => s,
                 Some(other) => other.to_string(),
@@ -145,14 +146,15 @@ impl VerifiedClaims {
         let subject_key = subject
             .as_deref()
             .map(|sub| crate::store::revocations::issuer_scoped(iss, sub).into());
-        let rule_claims = ids
-            .rule_claims
-            .iter()
-            .filter_map(|n| claims.get(n).map(|v| (n.as_str().into(), v)))
-            .collect();
+        let mut rule_claims = Vec::new();
+        for name in &ids.rule_claims {
+            if let Some(v) = get(name)? {
+                rule_claims.push((name.as_str().into(), v));
+            }
+        }
         Ok(VerifiedClaims {
             payload,
-            rule_claims,
+            rule_claims: rule_claims.into_boxed_slice(),
             subject_key,
             iat: claims.u64("iat").and_then(Result::ok),
             jti,

@@ -38,10 +38,16 @@ impl<'a> Claims<'a> {
             .map(|&(_, v)| v)
     }
 
-    /// The member `name`, parsed. `null` is returned as `Value::Null`.
-    pub fn get(&self, name: &str) -> Option<Value> {
+    /// The member `name`, parsed (`null` is `Value::Null`).
+    ///
+    /// # Errors
+    /// A value that is valid JSON syntax but no `Value` (a lone surrogate
+    /// escape, a number out of range, nesting past serde_json's limit): a
+    /// whole-map parse refused the token for those, and so must this.
+    pub fn get(&self, name: &str) -> Result<Option<Value>, Unreadable> {
         self.raw(name)
-            .map(|v| serde_json::from_str(v.get()).unwrap_or(Value::Null))
+            .map(|v| serde_json::from_str(v.get()).map_err(|_| Unreadable))
+            .transpose()
     }
 
     /// The member `name` if it is a string (borrowed unless it has escapes);
@@ -83,6 +89,10 @@ impl<'de> Deserialize<'de> for Claims<'de> {
     }
 }
 
+/// A claim whose JSON text is no value (see [`Claims::get`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unreadable;
+
 /// The JOSE header members this gateway reads (RFC 7515 §4.1), borrowed
 /// from the decoded header. The ones it refuses to follow (`jku`, `x5u`,
 /// `jwk`) or cannot understand (`crit`) are only noticed.
@@ -119,12 +129,39 @@ mod tests {
         assert_eq!(c.u64("f"), Some(Err(())));
         assert_eq!(c.u64("sub"), Some(Err(())));
         assert_eq!(c.str("exp"), Some(Err(())));
-        assert_eq!(c.get("aud"), Some(serde_json::json!(["a", "b"])));
-        assert_eq!(c.get("x"), Some(Value::Null));
+        assert_eq!(c.get("aud"), Ok(Some(serde_json::json!(["a", "b"]))));
+        assert_eq!(c.get("x"), Ok(Some(Value::Null)));
         assert_eq!(c.str("x"), None);
-        assert_eq!(c.get("missing"), None);
+        assert_eq!(c.get("missing"), Ok(None));
         let escaped = Claims::parse(br#"{"s":"a\u0062c"}"#).unwrap();
         assert_eq!(escaped.str("s"), Some(Ok(Cow::Owned("abc".into()))));
+    }
+
+    #[test]
+    fn values_serde_cannot_hold_are_errors_not_nulls() {
+        let deep = format!(r#"{{"roles":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        for json in [
+            &br#"{"sub":"\ud800"}"#[..],
+            br#"{"sub":1e999}"#,
+            deep.as_bytes(),
+        ] {
+            let c = Claims::parse(json).unwrap();
+            let name = if c.raw("sub").is_some() {
+                "sub"
+            } else {
+                "roles"
+            };
+            assert_eq!(
+                c.get(name),
+                Err(Unreadable),
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
+        assert_eq!(
+            Claims::parse(br#"{"iss":"\ud800"}"#).unwrap().str("iss"),
+            Some(Err(()))
+        );
     }
 
     #[test]

@@ -263,7 +263,8 @@ impl Verifier {
         let exp = self.check_exp_nbf(claims)?;
         if let Some(want) = &issuer.audiences {
             let named = |a: &str| want.iter().any(|w| w == a);
-            let ok = match claims.get("aud") {
+            let malformed = |_| Rejected("malformed token");
+            let ok = match claims.get("aud").map_err(malformed)? {
                 None => return Err(Rejected("missing aud")),
                 Some(Value::String(a)) => named(&a),
                 Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(named),
@@ -273,7 +274,10 @@ impl Verifier {
                 return Err(Rejected("wrong audience"));
             }
         }
-        match claims.get("type") {
+        match claims
+            .get("type")
+            .map_err(|_| Rejected("malformed token"))?
+        {
             None => {}
             Some(Value::String(t)) if t == "access" => {}
             Some(_) => return Err(Rejected("not an access token")),

@@ -59,6 +59,11 @@ impl Seen {
     pub fn scan(h: &HeaderMap, ids: Option<&Identity>) -> Seen {
         let mut seen = 0;
         for name in h.keys() {
+            // Apart from the match: an identity header may be configured
+            // with one of the names below (`X-Forwarded-Host`...).
+            if ids.is_some_and(|ids| ids.header_names().contains(name)) {
+                seen |= Self::IDENTITY;
+            }
             seen |= match name.as_str() {
                 "connection" => Self::CONNECTION,
                 "keep-alive" => 1 << 1,
@@ -74,7 +79,6 @@ impl Seen {
                 "x-forwarded-host" => Self::X_FORWARDED_HOST,
                 "forwarded" => Self::FORWARDED,
                 "authorization" => Self::AUTHORIZATION,
-                _ if ids.is_some_and(|ids| ids.header_names().contains(name)) => Self::IDENTITY,
                 s if s.as_bytes().contains(&b'_') => Self::UNDERSCORE,
                 _ => 0,
             };
@@ -204,8 +208,13 @@ fn set_forwarding(h: &mut HeaderMap, down: &Downstream<'_>, seen: Seen) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        let prior = parts.join(", ");
-        HeaderValue::from_str(&format!("{prior}, {}", down.peer)).unwrap_or(peer)
+        if parts.is_empty() {
+            // None of them readable: the peer is the only hop known.
+            peer
+        } else {
+            let prior = parts.join(", ");
+            HeaderValue::from_str(&format!("{prior}, {}", down.peer)).unwrap_or(peer)
+        }
     } else {
         if !down.trusted && seen.has(Seen::FORWARDED) {
             h.remove(&FORWARDED);
@@ -393,6 +402,40 @@ mod tests {
         assert!(!seen.has(Seen::X_FORWARDED_FOR | Seen::FORWARDED | 1 << 5));
         // Without `ids`, an identity header is just another name.
         assert!(!Seen::scan(&h, None).has(Seen::IDENTITY));
+    }
+
+    #[test]
+    fn an_identity_header_named_like_a_forwarding_header_is_still_stripped() {
+        let cfg = crate::config::IdentityConfig {
+            subject_header: Some(HeaderName::from_static("x-forwarded-host")),
+            roles_header: None,
+            claims_header: None,
+            claim_headers: Vec::new(),
+            roles_claim: "roles".into(),
+            forward_authorization: true,
+        };
+        let ids = Identity::new(&cfg, Vec::new());
+        let mut h = map(&[("x-forwarded-host", "forged-subject")]);
+        let via = HeaderValue::from_static("1.1 gatehouse");
+        let peer_value = HeaderValue::from_static("10.0.0.1");
+        let down = Downstream {
+            peer: "10.0.0.1".parse().unwrap(),
+            peer_value: &peer_value,
+            trusted: true,
+            via: &via,
+            host: None,
+        };
+        let seen = Seen::scan(&h, Some(&ids));
+        rewrite_request(&mut h, seen, false, &down, &ids, None);
+        assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn a_trusted_peers_unreadable_xff_is_replaced_not_joined() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        forwarding(&mut h, true);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
     }
 
     #[test]
