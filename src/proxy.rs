@@ -34,16 +34,20 @@ pub struct Peer {
     value: HeaderValue,
     /// Times each request's upstream exchange (see `timer.rs`).
     upstream_timer: Arc<SleepSlot>,
+    /// Holds the connection's `max_connections` permit: an upgraded tunnel
+    /// takes a clone along.
+    guard: forward::ConnGuard,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, guard: forward::ConnGuard) -> Self {
         let value = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
         Peer {
             addr,
             value,
             upstream_timer: Arc::default(),
+            guard,
         }
     }
 }
@@ -122,7 +126,7 @@ async fn handle_inner<'s>(
     };
     let path_and_query = upstream_path_and_query(route, req.uri())?;
     let upgrade = upgrade.then(|| forward::Upgrade {
-        guard: req.extensions_mut().remove::<forward::ConnGuard>(),
+        guard: peer.guard.clone(),
         on: hyper::upgrade::on(&mut req),
     });
     let timeout = snap.config.server.request_timeout;

@@ -177,14 +177,11 @@ fn spawn_connection(
     // connections see a reload on their next request.
     let shared = Arc::clone(shared);
     let seen = Arc::clone(&framing);
-    let client = Arc::new(Peer::new(peer));
     // Shared with any upgraded tunnel, which outlives the connection task.
     let permit = Arc::new(permit);
     let guard = ConnGuard(Arc::clone(&permit) as Arc<dyn std::any::Any + Send + Sync>);
-    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        if req.headers().contains_key(http::header::UPGRADE) {
-            req.extensions_mut().insert(guard.clone());
-        }
+    let client = Arc::new(Peer::new(peer, guard));
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let smuggled = seen.next_request_is_ambiguous();
         let snap = shared.load_full();
         let client = Arc::clone(&client);

@@ -22,15 +22,15 @@ use crate::error::GatewayError;
 use crate::timer::SleepSlot;
 
 /// Keeps what the client connection holds (its `max_connections` permit)
-/// alive for as long as an upgraded tunnel made from it runs. The server
-/// puts one in the extensions of requests that ask for an upgrade.
+/// alive for as long as an upgraded tunnel made from it runs. Each
+/// connection's `Peer` holds one; an upgrade takes a clone along.
 #[derive(Clone)]
 pub struct ConnGuard(pub Arc<dyn Any + Send + Sync>);
 
 /// The client side of an upgrade request.
 pub struct Upgrade {
     pub on: hyper::upgrade::OnUpgrade,
-    pub guard: Option<ConnGuard>,
+    pub guard: ConnGuard,
 }
 
 /// Sends `req` (headers already rewritten) to `target` of `upstream`.
