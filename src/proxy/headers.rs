@@ -336,9 +336,10 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
     }
 
-    fn ids() -> Identity {
+    /// Identity headers: `subject` only; `Authorization` is not forwarded.
+    fn ids_with(subject: &'static str) -> Identity {
         let cfg = crate::config::IdentityConfig {
-            subject_header: Some(HeaderName::from_static("x-auth-subject")),
+            subject_header: Some(HeaderName::from_static(subject)),
             roles_header: None,
             claims_header: None,
             claim_headers: Vec::new(),
@@ -348,17 +349,32 @@ mod tests {
         Identity::new(&cfg, Vec::new())
     }
 
-    fn forwarding(h: &mut HeaderMap, trusted: bool) {
-        let via = HeaderValue::from_static("1.1 gatehouse");
-        let peer_value = HeaderValue::from_static("10.0.0.1");
-        let down = Downstream {
+    fn ids() -> Identity {
+        ids_with("x-auth-subject")
+    }
+
+    static VIA: HeaderValue = HeaderValue::from_static("1.1 gatehouse");
+    static PEER: HeaderValue = HeaderValue::from_static("10.0.0.1");
+
+    /// The client 10.0.0.1, trusted or not, without a Host.
+    fn down(trusted: bool) -> Downstream<'static> {
+        Downstream {
             peer: "10.0.0.1".parse().unwrap(),
-            peer_value: &peer_value,
+            peer_value: &PEER,
             trusted,
-            via: &via,
+            via: &VIA,
             host: None,
-        };
-        set_forwarding(h, &down, Seen::scan(h, None));
+        }
+    }
+
+    fn forwarding(h: &mut HeaderMap, trusted: bool) {
+        set_forwarding(h, &down(trusted), Seen::scan(h, None));
+    }
+
+    /// The whole request rewrite, with no caller.
+    fn rewrite(h: &mut HeaderMap, ids: &Identity, trusted: bool) {
+        let seen = Seen::scan(h, Some(ids));
+        rewrite_request(h, seen, false, &down(trusted), ids, None);
     }
 
     #[test]
@@ -406,27 +422,9 @@ mod tests {
 
     #[test]
     fn an_identity_header_named_like_a_forwarding_header_is_still_stripped() {
-        let cfg = crate::config::IdentityConfig {
-            subject_header: Some(HeaderName::from_static("x-forwarded-host")),
-            roles_header: None,
-            claims_header: None,
-            claim_headers: Vec::new(),
-            roles_claim: "roles".into(),
-            forward_authorization: true,
-        };
-        let ids = Identity::new(&cfg, Vec::new());
+        let ids = ids_with("x-forwarded-host");
         let mut h = map(&[("x-forwarded-host", "forged-subject")]);
-        let via = HeaderValue::from_static("1.1 gatehouse");
-        let peer_value = HeaderValue::from_static("10.0.0.1");
-        let down = Downstream {
-            peer: "10.0.0.1".parse().unwrap(),
-            peer_value: &peer_value,
-            trusted: true,
-            via: &via,
-            host: None,
-        };
-        let seen = Seen::scan(&h, Some(&ids));
-        rewrite_request(&mut h, seen, false, &down, &ids, None);
+        rewrite(&mut h, &ids, true);
         assert!(h.get("x-forwarded-host").is_none());
     }
 
@@ -447,17 +445,7 @@ mod tests {
             ("connection", "x-forwarded-proto"),
             ("x-forwarded-proto", "https"),
         ]);
-        let via = HeaderValue::from_static("1.1 gatehouse");
-        let peer_value = HeaderValue::from_static("10.0.0.1");
-        let down = Downstream {
-            peer: "10.0.0.1".parse().unwrap(),
-            peer_value: &peer_value,
-            trusted: true,
-            via: &via,
-            host: None,
-        };
-        let seen = Seen::scan(&h, Some(&ids));
-        rewrite_request(&mut h, seen, false, &down, &ids, None);
+        rewrite(&mut h, &ids, true);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(h.get("connection").is_none());
     }
