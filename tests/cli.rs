@@ -254,6 +254,18 @@ where
 }
 
 /// A config in front of `up` on `listen` and `admin`, with `routes`.
+/// A gatehouse serving `ROUTES` in front of a test upstream, with
+/// `server_extra` added to its `[server]` table.
+async fn serving(server_extra: &str) -> (TestUpstream, tempfile::TempDir, Gatehouse) {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gatehouse::start(dir.path(), |listen, admin| {
+        serve_config(up.addr, listen, admin, server_extra, ROUTES)
+    })
+    .await;
+    (up, dir, gw)
+}
+
 fn serve_config(
     up: SocketAddr,
     listen: SocketAddr,
@@ -317,12 +329,7 @@ async fn serve_with_an_invalid_config_exits_1_without_listening() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_requests_and_health_checks() {
-    let up = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut gw = Gatehouse::start(dir.path(), |listen, admin| {
-        serve_config(up.addr, listen, admin, "", ROUTES)
-    })
-    .await;
+    let (_up, _dir, mut gw) = serving("").await;
 
     let r = get(&gw.url("/public/hello"), &[]).await;
     assert_eq!(r.status, 200);
@@ -348,12 +355,7 @@ async fn serve_answers_requests_and_health_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
-    let up = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut gw = Gatehouse::start(dir.path(), |listen, admin| {
-        serve_config(up.addr, listen, admin, "shutdown_grace = \"10s\"", ROUTES)
-    })
-    .await;
+    let (up, _dir, mut gw) = serving("shutdown_grace = \"10s\"").await;
 
     let url = gw.url("/slow/1500");
     let in_flight = tokio::spawn(async move { get(&url, &[]).await });
@@ -381,12 +383,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_idle_keep_alive_connections_at_once() {
     use std::io::{Read, Write};
-    let up = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut gw = Gatehouse::start(dir.path(), |listen, admin| {
-        serve_config(up.addr, listen, admin, "shutdown_grace = \"20s\"", ROUTES)
-    })
-    .await;
+    let (_up, _dir, mut gw) = serving("shutdown_grace = \"20s\"").await;
     let mut idle = std::net::TcpStream::connect(gw.listen).unwrap();
     idle.write_all(b"GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n")
         .unwrap();
@@ -425,12 +422,7 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_0_after_shutdown_grace_when_a_request_outlasts_it() {
-    let up = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut gw = Gatehouse::start(dir.path(), |listen, admin| {
-        serve_config(up.addr, listen, admin, "shutdown_grace = \"1s\"", ROUTES)
-    })
-    .await;
+    let (up, _dir, mut gw) = serving("shutdown_grace = \"1s\"").await;
 
     let url = gw.url("/slow/60000");
     let _in_flight = tokio::spawn(async move { status_of(&url).await });
@@ -455,12 +447,7 @@ async fn sigterm_exits_0_after_shutdown_grace_when_a_request_outlasts_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_broken() {
-    let up = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut gw = Gatehouse::start(dir.path(), |listen, admin| {
-        serve_config(up.addr, listen, admin, "", ROUTES)
-    })
-    .await;
+    let (up, dir, mut gw) = serving("").await;
     assert_eq!(get(&gw.url("/new/x"), &[]).await.status, 404);
 
     // A new route.

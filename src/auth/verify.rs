@@ -381,6 +381,34 @@ mod tests {
         v.verify(token).err().unwrap_or(Rejected("accepted")).0
     }
 
+    /// A validly signed token whose claims are JSON syntax but no value
+    /// (a lone surrogate, a number out of range): refused, not read as null.
+    #[test]
+    fn claims_serde_cannot_read_make_the_token_malformed() {
+        let v = verifier();
+        let hs = test_keys().set.get("HS256").unwrap();
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","kid":"HS256"}"#);
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        for claims in [
+            format!(r#"{{"sub":"\ud800","exp":{exp}}}"#),
+            format!(r#"{{"sub":1e999,"exp":{exp}}}"#),
+            format!(
+                r#"{{"sub":"alice","scope":{}1{},"exp":{exp}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+        ] {
+            let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(&claims));
+            let sig = jsonwebtoken::crypto::sign(signed.as_bytes(), signer(hs), Algorithm::HS256)
+                .unwrap();
+            assert_eq!(
+                reason(&v, &format!("{signed}.{sig}")),
+                "malformed token",
+                "{claims}"
+            );
+        }
+    }
+
     #[test]
     fn every_key_accepts_its_tokens_and_refuses_bad_signatures() {
         let v = verifier();

@@ -96,11 +96,6 @@ impl Seen {
     }
 }
 
-/// True when the client asks for a protocol upgrade (WebSocket).
-pub fn is_upgrade(h: &HeaderMap) -> bool {
-    Seen::scan(h, None).is_upgrade(h)
-}
-
 fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
     h.get_all(header::CONNECTION)
         .iter()
@@ -330,7 +325,7 @@ mod tests {
     #[test]
     fn an_upgrade_keeps_upgrade_and_connection() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        assert!(is_upgrade(&h));
+        assert!(Seen::scan(&h, None).is_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
