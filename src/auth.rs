@@ -78,18 +78,42 @@ impl VerifiedClaims {
         ids: &Identity,
     ) -> Result<Self, &'static str> {
         let get = |name: &str| claims.get(name).map_err(|_| "malformed token");
-        let subject: Option<Box<str>> = match get("sub")? {
-            Some(Value::String(s)) => Some(s.into()),
-            Some(Value::Number(n)) => Some(n.to_string().into()),
-            _ => None,
+        let subject: Option<Box<str>> = match claims.str("sub") {
+            Some(Ok(s)) => Some(s.into()),
+            None => None,
+            // Not a string (or unreadable): a number is taken as its text.
+            Some(Err(())) => match get("sub")? {
+                Some(Value::Number(n)) => Some(n.to_string().into()),
+                _ => None,
+            },
         };
-        let roles = strings(get(&ids.roles_claim)?.as_ref(), |s| {
-            s.split(',').map(str::trim)
-        });
-        let mut scopes = strings(get("scope")?.as_ref(), |s| s.split_ascii_whitespace());
+        // A list claim: one string to split, or an array of strings. The
+        // string is read in place, the array parsed.
+        let list = |name: &str, split: fn(&str) -> Vec<Box<str>>| match claims.str(name) {
+            Some(Ok(s)) => Ok(split(&s)),
+            None => Ok(Vec::new()),
+            Some(Err(())) => Ok(match get(name)? {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(Into::into)
+                    .collect(),
+                _ => Vec::new(),
+            }),
+        };
+        let by_comma = |s: &str| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Into::into)
+                .collect()
+        };
+        let by_space = |s: &str| s.split_ascii_whitespace().map(Into::into).collect();
+        let roles = list(&ids.roles_claim, by_comma)?;
+        let mut scopes = list("scope", by_space)?;
         if scopes.is_empty() {
             // Okta and Azure AD put scopes in an `scp` array.
-            scopes = strings(get("scp")?.as_ref(), |s| s.split_ascii_whitespace());
+            scopes = list("scp", by_space)?;
         }
         let mut headers = Vec::new();
         let bad = "a claim cannot be forwarded in a header";
@@ -233,22 +257,6 @@ impl VerifiedClaims {
     /// The identity headers to set on the upstream request.
     pub fn identity_headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.headers
-    }
-}
-
-/// A string claim, or an array of strings, as a list; `split` cuts a string.
-fn strings<'a, I>(v: Option<&'a Value>, split: impl Fn(&'a str) -> I) -> Vec<Box<str>>
-where
-    I: Iterator<Item = &'a str>,
-{
-    match v {
-        Some(Value::String(s)) => split(s).filter(|s| !s.is_empty()).map(Into::into).collect(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(Into::into)
-            .collect(),
-        _ => Vec::new(),
     }
 }
 

@@ -38,6 +38,11 @@ impl<'a> Claims<'a> {
             .map(|&(_, v)| v)
     }
 
+    /// Whether there is a member `name` (`null` included).
+    pub fn contains(&self, name: &str) -> bool {
+        self.raw(name).is_some()
+    }
+
     /// The member `name`, parsed (`null` is `Value::Null`).
     ///
     /// # Errors
@@ -79,13 +84,39 @@ impl<'de> Deserialize<'de> for Claims<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims<'de>, A::Error> {
                 let mut members = Vec::with_capacity(map.size_hint().unwrap_or(12));
-                while let Some(member) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    members.push(member);
+                while let Some((Name(name), value)) =
+                    map.next_entry::<Name<'de>, &'de RawValue>()?
+                {
+                    members.push((name, value));
                 }
                 Ok(Claims { members })
             }
         }
         d.deserialize_map(Members)
+    }
+}
+
+/// A member name, borrowed from the JSON unless it has escapes. (serde reads
+/// a plain `Cow<str>` into an owned `String`: borrowing takes `parse` from
+/// 5.9k to 4.7k instructions for a bench token's eight members.)
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> Visitor<'de> for Text {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 
@@ -135,6 +166,9 @@ mod tests {
         assert_eq!(c.get("missing"), Ok(None));
         let escaped = Claims::parse(br#"{"s":"a\u0062c"}"#).unwrap();
         assert_eq!(escaped.str("s"), Some(Ok(Cow::Owned("abc".into()))));
+        // A name with escapes is the name it spells.
+        let name = Claims::parse(br#"{"s\u0075b":"carol"}"#).unwrap();
+        assert_eq!(name.str("sub"), Some(Ok(Cow::Borrowed("carol"))));
     }
 
     #[test]
