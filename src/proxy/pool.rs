@@ -141,7 +141,10 @@ impl Pool {
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(tcp))
+        let (sender, conn) = http1::Builder::new()
+            // As the server side does (see `server::builders`).
+            .writev(false)
+            .handshake(TokioIo::new(tcp))
             .await
             .map_err(ConnectError::Handshake)?;
         tokio::spawn(async move {
