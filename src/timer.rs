@@ -44,13 +44,12 @@ impl SleepSlot {
         }
     }
 
-    /// `fut`, or `Err(Elapsed)` if it has not finished within `limit`.
+    /// `fut`, or `Err(Elapsed)` if it has not finished by `deadline`.
     pub async fn within<F: Future>(
         self: &Arc<Self>,
-        limit: Duration,
+        deadline: Instant,
         fut: F,
     ) -> Result<F::Output, Elapsed> {
-        let deadline = Instant::now() + limit;
         let mut fut = std::pin::pin!(fut);
         let mut timer: Option<Lease> = None;
         std::future::poll_fn(|cx| {
@@ -139,16 +138,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn within_times_out_and_lets_a_fast_future_through() {
         let slot = Arc::new(SleepSlot::default());
-        let slow = slot.within(Duration::from_secs(2), std::future::pending::<()>());
+        let slow = slot.within(
+            Instant::now() + Duration::from_secs(2),
+            std::future::pending::<()>(),
+        );
         assert!(slow.await.is_err());
-        let fast = slot.within(Duration::from_secs(2), async {
+        let fast = slot.within(Instant::now() + Duration::from_secs(2), async {
             tokio::time::sleep(Duration::from_secs(1)).await;
             7
         });
         assert_eq!(fast.await.unwrap(), 7);
         // Two at once: the second makes its own timer.
-        let a = slot.within(Duration::from_secs(3), std::future::pending::<()>());
-        let b = slot.within(Duration::from_secs(1), std::future::pending::<()>());
+        let a = slot.within(
+            Instant::now() + Duration::from_secs(3),
+            std::future::pending::<()>(),
+        );
+        let b = slot.within(
+            Instant::now() + Duration::from_secs(1),
+            std::future::pending::<()>(),
+        );
         let start = Instant::now();
         let (a, b) = tokio::join!(a, b);
         assert!(a.is_err() && b.is_err());

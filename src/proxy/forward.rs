@@ -57,8 +57,13 @@ pub async fn forward(
     *req.version_mut() = http::Version::HTTP_11;
 
     let pool = upstream.pool(target_index);
+    // The one clock read of the exchange: its deadline and the pool's ages.
+    let began = tokio::time::Instant::now();
     let sent = timer
-        .within(upstream.timeout, send(req, pool, upstream, authority))
+        .within(
+            began + upstream.timeout,
+            send(req, pool, upstream, authority, began.into_std()),
+        )
         .await;
     let (mut rsp, sender) = match sent {
         Err(_elapsed) => {
@@ -91,7 +96,7 @@ pub async fn forward(
         return Ok(rsp.map(body::stream::<Incoming>));
     }
     let pool = Arc::clone(pool);
-    Ok(rsp.map(|b| body::stream(Pooled::new(b, sender, pool))))
+    Ok(rsp.map(|b| body::stream(Pooled::new(b, sender, pool, began.into_std()))))
 }
 
 /// Why an exchange with the upstream failed.
@@ -118,9 +123,10 @@ async fn send(
     pool: &Pool,
     upstream: &Upstream,
     authority: &http::uri::Authority,
+    began: std::time::Instant,
 ) -> Result<(Response<Incoming>, SendRequest<Body>), Failed> {
     let (mut sender, reused) = pool
-        .get(authority, upstream.connect_timeout)
+        .get(authority, upstream.connect_timeout, began)
         .await
         .map_err(Failed::Connect)?;
     let mut err = match sender.try_send_request(req).await {

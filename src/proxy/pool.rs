@@ -12,6 +12,11 @@
 //! A connection goes back on the stack when its response body has been read
 //! to the end; a response dropped half-read, an upgrade, or a connection the
 //! upstream closed is never reused.
+//!
+//! Ages are measured from the time each exchange began, which the caller
+//! reads once per request (`forward`): three clock reads fewer a request
+//! (about 0.3k instructions). A connection's idle age then also counts its
+//! last exchange, which errs toward opening a new one.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -74,17 +79,17 @@ impl Pool {
     /// The most recently used idle connection that is still open, if any.
     /// It may still be settling after its last exchange: await
     /// `SendRequest::ready` before sending on it.
-    pub fn checkout(&self) -> Option<SendRequest<Body>> {
+    pub fn checkout(&self, now: Instant) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(Idle { sender, since }) = idle.pop_back() {
-            if since.elapsed() < IDLE_TIMEOUT && !sender.is_closed() {
+            if now.saturating_duration_since(since) < IDLE_TIMEOUT && !sender.is_closed() {
                 return Some(sender);
             }
         }
         None
     }
 
-    /// A connection ready for a request: an idle one, else a new one.
+    /// A connection ready for a request begun at `now`: an idle one, else a new one.
     /// `true` with a reused one (which the upstream may close at any moment:
     /// a request it never saw may be retried on a new connection).
     ///
@@ -94,8 +99,9 @@ impl Pool {
         &self,
         authority: &Authority,
         connect_timeout: Duration,
+        now: Instant,
     ) -> Result<(SendRequest<Body>, bool), ConnectError> {
-        while let Some(mut sender) = self.checkout() {
+        while let Some(mut sender) = self.checkout(now) {
             if sender.ready().await.is_ok() {
                 return Ok((sender, true));
             }
@@ -105,23 +111,23 @@ impl Pool {
             .map(|s| (s, false))
     }
 
-    /// Puts a connection whose exchange has ended back on the stack.
-    pub fn checkin(&self, sender: SendRequest<Body>) {
+    /// Puts a connection whose exchange (begun at `began`) has ended back
+    /// on the stack.
+    pub fn checkin(&self, sender: SendRequest<Body>, began: Instant) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // The oldest sit at the front: drop the stale ones and the excess.
-        while idle
-            .front()
-            .is_some_and(|i| i.since.elapsed() >= IDLE_TIMEOUT || i.sender.is_closed())
-            || idle.len() >= MAX_IDLE
+        while idle.front().is_some_and(|i| {
+            began.saturating_duration_since(i.since) >= IDLE_TIMEOUT || i.sender.is_closed()
+        }) || idle.len() >= MAX_IDLE
         {
             idle.pop_front();
         }
         idle.push_back(Idle {
             sender,
-            since: Instant::now(),
+            since: began,
         });
     }
 
@@ -161,13 +167,21 @@ impl Pool {
 pub struct Pooled {
     inner: Incoming,
     back: Option<(SendRequest<Body>, Arc<Pool>)>,
+    /// When the exchange began.
+    began: Instant,
 }
 
 impl Pooled {
-    pub fn new(inner: Incoming, sender: SendRequest<Body>, pool: Arc<Pool>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        sender: SendRequest<Body>,
+        pool: Arc<Pool>,
+        began: Instant,
+    ) -> Self {
         let mut body = Pooled {
             inner,
             back: Some((sender, pool)),
+            began,
         };
         // A bodiless answer (204, HEAD, Content-Length: 0) is done already.
         body.release_if_done();
@@ -178,7 +192,7 @@ impl Pooled {
         if self.inner.is_end_stream()
             && let Some((sender, pool)) = self.back.take()
         {
-            pool.checkin(sender);
+            pool.checkin(sender, self.began);
         }
     }
 }
@@ -195,7 +209,7 @@ impl HttpBody for Pooled {
         match &polled {
             Poll::Ready(None) => {
                 if let Some((sender, pool)) = self.back.take() {
-                    pool.checkin(sender);
+                    pool.checkin(sender, self.began);
                 }
             }
             Poll::Ready(Some(Ok(_))) => self.release_if_done(),
