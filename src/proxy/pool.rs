@@ -118,7 +118,9 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // The oldest sit at the front: drop the stale ones and the excess.
+        // The oldest sit at the front (about: a stamp is when an exchange
+        // began, not ended; `checkout` skips any stale one it meets): drop
+        // the stale ones and the excess.
         while idle.front().is_some_and(|i| {
             began.saturating_duration_since(i.since) >= IDLE_TIMEOUT || i.sender.is_closed()
         }) || idle.len() >= MAX_IDLE
