@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arc_swap::ArcSwapOption;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
@@ -34,6 +35,20 @@ pub struct Verifier {
     leeway: u64,
     /// How many tokens reached a signature check (a cache hit never does).
     signature_checks: AtomicU64,
+    /// The JOSE header last read. The tokens of one issuer and key carry
+    /// the same header segment, so most misses find it here and skip its
+    /// base64 and JSON: 2.5k instructions of an HS256 miss.
+    last_header: ArcSwapOption<KnownHeader>,
+}
+
+/// A JOSE header segment that passed [`check_header`], as read.
+struct KnownHeader {
+    /// The segment itself (base64url), which is all that decides the rest.
+    b64: Box<str>,
+    alg: Algorithm,
+    kid: Option<Box<str>>,
+    /// Its `typ` names a refresh token.
+    refresh: bool,
 }
 
 struct Issuer {
@@ -154,6 +169,7 @@ impl Verifier {
             identity,
             leeway: tokens.leeway.as_secs(),
             signature_checks: AtomicU64::new(0),
+            last_header: ArcSwapOption::empty(),
         }
     }
 
@@ -176,8 +192,8 @@ impl Verifier {
             claims,
             issuer,
             payload,
-        } = self.signed(token, &mut json, |h| {
-            if is_refresh_typ(h) {
+        } = self.signed(token, &mut json, |refresh| {
+            if refresh {
                 return Err(Rejected("refresh tokens are not accepted here"));
             }
             Ok(())
@@ -196,8 +212,8 @@ impl Verifier {
     /// [`Rejected`] with the reason (for logs; clients get `invalid_grant`).
     pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, Rejected> {
         let mut json = Vec::new();
-        let Signed { claims, issuer, .. } = self.signed(token, &mut json, |h| {
-            if is_refresh_typ(h) {
+        let Signed { claims, issuer, .. } = self.signed(token, &mut json, |refresh| {
+            if refresh {
                 Ok(())
             } else {
                 Err(Rejected("not a refresh token"))
@@ -227,41 +243,28 @@ impl Verifier {
     }
 
     /// Splits and decodes `token`, picks its issuer and key, and checks the
-    /// signature; `typ` rules the header's `typ`. The claims are read in
-    /// place from `json`, which holds the decoded header and payload.
+    /// signature; `typ` rules on whether the header's `typ` names a refresh
+    /// token. The claims are read in place from `json`, the decoded payload.
     fn signed<'t, 'j>(
         &self,
         token: &'t str,
         json: &'j mut Vec<u8>,
-        typ: impl Fn(&JoseHeader<'_>) -> Result<(), Rejected>,
+        typ: impl Fn(bool) -> Result<(), Rejected>,
     ) -> Result<Signed<'t, 'j, '_>, Rejected> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejected("token too large"));
         }
         let malformed = Rejected("malformed token");
         let (header_b64, payload_b64, signature) = segments(token).ok_or(malformed)?;
-        // Header and claims are each decoded once, into one buffer; the claims
-        // are read before the signature is checked only to pick the issuer
-        // whose keys check it.
-        let decoded = |b64: &str| b64.len().div_ceil(4) * 3;
-        json.reserve_exact(decoded(header_b64) + decoded(payload_b64));
+        let header = self.header(header_b64)?;
+        typ(header.refresh)?;
+        // The claims are read before the signature is checked only to pick
+        // the issuer whose keys check it.
         URL_SAFE_NO_PAD
-            .decode_vec(header_b64, json)
+            .decode_vec(payload_b64, json)
             .map_err(|_| malformed)?;
-        let header_len = json.len();
-        // Its errors wait until the header has been judged.
-        let payload_decoded = URL_SAFE_NO_PAD.decode_vec(payload_b64, json);
-        let (header_json, claims_json) = json.split_at(header_len);
-        let header: JoseHeader<'_> = serde_json::from_slice(header_json).map_err(|_| malformed)?;
-        // An algorithm jsonwebtoken does not know (`none` among them) is none of ours.
-        let alg: Algorithm = header
-            .alg
-            .parse()
-            .map_err(|_| Rejected("algorithm not allowed"))?;
-        check_header(&header)?;
-        typ(&header)?;
-        payload_decoded.map_err(|_| malformed)?;
-        let claims = Claims::parse(claims_json).map_err(|_| malformed)?;
+        let json: &'j [u8] = json;
+        let claims = Claims::parse(json).map_err(|_| malformed)?;
         let iss = match claims.str("iss") {
             None => None,
             Some(Ok(s)) => Some(s),
@@ -272,7 +275,7 @@ impl Verifier {
             .iter()
             .find(|i| i.iss.as_deref() == iss.as_deref())
             .ok_or(Rejected("unknown issuer"))?;
-        let key = issuer.key_for(header.kid.as_deref(), alg)?;
+        let key = issuer.key_for(header.kid.as_deref(), header.alg)?;
         self.signature_checks.fetch_add(1, Ordering::Relaxed);
         let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
         // With `key.algorithm` (never the header's choice, though they are equal here).
@@ -285,6 +288,33 @@ impl Verifier {
         } else {
             Err(Rejected("bad signature"))
         }
+    }
+
+    /// The header segment `b64`, read and checked: the last one read when it
+    /// is the same text.
+    fn header(&self, b64: &str) -> Result<Arc<KnownHeader>, Rejected> {
+        if let Some(known) = self.last_header.load_full()
+            && *known.b64 == *b64
+        {
+            return Ok(known);
+        }
+        let malformed = Rejected("malformed token");
+        let json = URL_SAFE_NO_PAD.decode(b64).map_err(|_| malformed)?;
+        let header: JoseHeader<'_> = serde_json::from_slice(&json).map_err(|_| malformed)?;
+        // An algorithm jsonwebtoken does not know (`none` among them) is none of ours.
+        let alg: Algorithm = header
+            .alg
+            .parse()
+            .map_err(|_| Rejected("algorithm not allowed"))?;
+        check_header(&header)?;
+        let known = Arc::new(KnownHeader {
+            b64: b64.into(),
+            alg,
+            kid: header.kid.as_deref().map(Into::into),
+            refresh: is_refresh_typ(&header),
+        });
+        self.last_header.store(Some(Arc::clone(&known)));
+        Ok(known)
     }
 
     /// RFC 7519 §4.1: `exp` (required), `nbf`, `aud`, with `leeway`; and
@@ -443,6 +473,45 @@ mod tests {
         ] {
             assert_eq!(reason(&v, &bad), "malformed token", "{bad}");
         }
+    }
+
+    /// The last header read is remembered by its text: a different header,
+    /// good or bad, is read afresh, and the remembered one still decides.
+    #[test]
+    fn a_remembered_header_changes_no_outcome() {
+        let v = verifier();
+        let keys = &test_keys().set;
+        let hs = keys.get("HS256").unwrap();
+        let rs = keys.get("RS256").unwrap();
+        let good = token(Algorithm::HS256, Some("HS256"), signer(hs));
+        let other = token(Algorithm::RS256, Some("RS256"), signer(rs));
+        let (_, rest) = good.split_once('.').unwrap();
+        let with_header =
+            |h: serde_json::Value| format!("{}.{rest}", URL_SAFE_NO_PAD.encode(h.to_string()));
+        let none = with_header(json!({ "alg": "none" }));
+        let jku = with_header(json!({ "alg": "HS256", "kid": "HS256", "jku": "https://x" }));
+        let refresh = with_header(json!({ "alg": "HS256", "kid": "HS256", "typ": "rt+jwt" }));
+        let wrong_kid = with_header(json!({ "alg": "HS256", "kid": "RS256" }));
+        for _ in 0..2 {
+            for (t, want) in [
+                (&good, "accepted"),
+                (&good, "accepted"),
+                (&none, "algorithm not allowed"),
+                (&good, "accepted"),
+                (&other, "accepted"),
+                (&jku, "jku, x5u and jwk headers are not accepted"),
+                (&good, "accepted"),
+                (&refresh, "refresh tokens are not accepted here"),
+                (&refresh, "refresh tokens are not accepted here"),
+                (&wrong_kid, "algorithm not allowed"),
+                (&good, "accepted"),
+            ] {
+                assert_eq!(reason(&v, t), want, "{t}");
+            }
+        }
+        // Signed by HS256 but with another header: the signature covers the header.
+        let forged = with_header(json!({ "alg": "HS256", "kid": "HS256", "typ": "JWT" }));
+        assert_eq!(reason(&v, &forged), "bad signature");
     }
 
     /// An HS256 token over the claims JSON `claims`, as written.
