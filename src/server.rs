@@ -291,11 +291,11 @@ fn builders(s: &crate::config::ServerConfig) -> (http1::Builder, http2::Builder<
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(s.header_read_timeout)
-        .max_buf_size(s.max_header_bytes)
-        // Head and body into one buffer, one send(2): 0.9k instructions a
-        // request less than writev's queue for the small answers an API
-        // gives; about 3 % more CPU on a 1 MiB body (one more copy).
-        .writev(false);
+        // writev stays on here: with it off hyper copies response bodies
+        // into a buffer it only clears, never shrinks, so one large
+        // response left about 0.5 MB held by each idle keep-alive
+        // connection. (The upstream side turns it off: see `proxy::pool`.)
+        .max_buf_size(s.max_header_bytes);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
