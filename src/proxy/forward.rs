@@ -57,7 +57,7 @@ pub async fn forward(
     *req.version_mut() = http::Version::HTTP_11;
 
     let pool = upstream.pool(target_index);
-    // The one clock read of the exchange: its deadline and the pool's ages.
+    // Read once: the exchange's deadline, and the idle ages at checkout.
     let began = tokio::time::Instant::now();
     let sent = timer
         .within(
