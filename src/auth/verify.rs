@@ -88,6 +88,13 @@ fn is_refresh_typ(h: &JoseHeader<'_>) -> bool {
     })
 }
 
+/// Which token a verification expects, by the header's `typ`.
+#[derive(Clone, Copy)]
+enum Kind {
+    Access,
+    Refresh,
+}
+
 /// A token whose signature checked out.
 struct Signed<'t, 'j, 'v> {
     claims: Claims<'j>,
@@ -192,12 +199,7 @@ impl Verifier {
             claims,
             issuer,
             payload,
-        } = self.signed(token, &mut json, |refresh| {
-            if refresh {
-                return Err(Rejected("refresh tokens are not accepted here"));
-            }
-            Ok(())
-        })?;
+        } = self.signed(token, &mut json, Kind::Access)?;
         let exp = self.check_claims(&claims, issuer)?;
         VerifiedClaims::build(token, payload, &claims, exp, issuer.own, &self.identity)
             .map_err(Rejected)
@@ -212,13 +214,7 @@ impl Verifier {
     /// [`Rejected`] with the reason (for logs; clients get `invalid_grant`).
     pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, Rejected> {
         let mut json = Vec::new();
-        let Signed { claims, issuer, .. } = self.signed(token, &mut json, |refresh| {
-            if refresh {
-                Ok(())
-            } else {
-                Err(Rejected("not a refresh token"))
-            }
-        })?;
+        let Signed { claims, issuer, .. } = self.signed(token, &mut json, Kind::Refresh)?;
         if !issuer.own {
             return Err(Rejected("not issued by this gateway"));
         }
@@ -243,13 +239,13 @@ impl Verifier {
     }
 
     /// Splits and decodes `token`, picks its issuer and key, and checks the
-    /// signature; `typ` rules on whether the header's `typ` names a refresh
-    /// token. The claims are read in place from `json`, the decoded payload.
+    /// signature; the header's `typ` must name a token of `kind`. The claims
+    /// are read in place from `json`, the decoded payload.
     fn signed<'t, 'j>(
         &self,
         token: &'t str,
         json: &'j mut Vec<u8>,
-        typ: impl Fn(bool) -> Result<(), Rejected>,
+        kind: Kind,
     ) -> Result<Signed<'t, 'j, '_>, Rejected> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejected("token too large"));
@@ -257,7 +253,11 @@ impl Verifier {
         let malformed = Rejected("malformed token");
         let (header_b64, payload_b64, signature) = segments(token).ok_or(malformed)?;
         let header = self.header(header_b64)?;
-        typ(header.refresh)?;
+        match (kind, header.refresh) {
+            (Kind::Access, true) => return Err(Rejected("refresh tokens are not accepted here")),
+            (Kind::Refresh, false) => return Err(Rejected("not a refresh token")),
+            _ => {}
+        }
         // The claims are read before the signature is checked only to pick
         // the issuer whose keys check it.
         URL_SAFE_NO_PAD
