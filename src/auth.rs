@@ -26,7 +26,7 @@ use claims::Claims;
 
 pub use authorize::{AccessRule, Denied};
 pub use bearer::{BearerToken, Malformed};
-pub use cache::ClaimsCache;
+pub use cache::{ClaimsCache, LastToken};
 pub use verify::{RefreshClaims, Rejected, Verifier};
 
 /// The claims of a token whose signature and time/issuer/audience checks
@@ -46,6 +46,9 @@ pub struct VerifiedClaims {
     rule_claims: Box<[(Box<str>, Value)]>,
     /// `exp` in seconds since the epoch: the cache never keeps it longer.
     exp: u64,
+    /// Until when (seconds since the epoch) a cache may serve it: `exp`,
+    /// or sooner by `[cache] max_ttl` once [`ClaimsCache::seal`] has run.
+    cached_until: u64,
     subject: Option<Box<str>>,
     /// `iss` and `sub` as the revocation set names them (`issuer_scoped`).
     subject_key: Option<Box<str>>,
@@ -184,6 +187,7 @@ impl VerifiedClaims {
             jti,
             family,
             exp,
+            cached_until: exp,
             subject,
             roles: roles.into_boxed_slice(),
             scopes: scopes.into_boxed_slice(),
@@ -302,6 +306,27 @@ impl Identity {
     /// The header names a client must never set itself.
     pub fn header_names(&self) -> &[HeaderName] {
         &self.all
+    }
+}
+
+#[cfg(test)]
+impl VerifiedClaims {
+    /// Claims of a token for subject `sub` that expires at `exp`.
+    pub(crate) fn for_test(sub: &str, exp: u64) -> Self {
+        VerifiedClaims {
+            payload: HeaderValue::from_static("e30"),
+            rule_claims: Box::default(),
+            exp,
+            cached_until: exp,
+            subject: Some(sub.into()),
+            subject_key: None,
+            jti: format!("#{sub}").into(),
+            iat: None,
+            family: None,
+            roles: Box::default(),
+            scopes: Box::default(),
+            headers: Box::default(),
+        }
     }
 }
 

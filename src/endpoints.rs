@@ -171,7 +171,7 @@ fn verify(
         .routes
         .find(&method, host, path)
         .ok_or(GatewayError::NoRoute)?;
-    let caller = crate::proxy::admit(h, route, snap, &gw.revocations)?;
+    let caller = crate::proxy::admit(h, route, snap, &gw.revocations, None)?;
     let mut rsp = Response::new(body::empty());
     if let Some(c) = caller {
         for (name, value) in c.identity_headers() {

@@ -17,7 +17,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
 use hyper::body::{Body as _, Incoming};
 
-use crate::auth::{BearerToken, VerifiedClaims, bearer};
+use crate::auth::{BearerToken, LastToken, VerifiedClaims, bearer};
 use crate::body::{self, Body, Deadline};
 use crate::config::AuthMode;
 use crate::error::GatewayError;
@@ -34,6 +34,8 @@ pub struct Peer {
     value: HeaderValue,
     /// Times each request's upstream exchange (see `timer.rs`).
     upstream_timer: Arc<SleepSlot>,
+    /// The last bearer token this connection presented (see `auth::cache`).
+    last_token: LastToken,
     /// Holds the connection's `max_connections` permit: an upgraded tunnel
     /// takes a clone along.
     guard: forward::ConnGuard,
@@ -47,6 +49,7 @@ impl Peer {
             addr,
             value,
             upstream_timer: Arc::default(),
+            last_token: LastToken::default(),
             guard,
         }
     }
@@ -111,7 +114,13 @@ async fn handle_inner<'s>(
         .find(req.method(), host_str, req.uri().path())
         .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(&route.path_prefix);
-    let caller = admit(req.headers(), route, snap, revocations)?;
+    let caller = admit(
+        req.headers(),
+        route,
+        snap,
+        revocations,
+        Some(&peer.last_token),
+    )?;
     ctx.caller = caller;
     let seen = Seen::scan(req.headers(), Some(snap.verifier.identity()));
     // Read before the hop-by-hop headers go: they carry the upgrade request.
@@ -156,14 +165,16 @@ async fn handle_inner<'s>(
 /// Steps 2 to 4 of the proxy path for `route`: the bearer token (if the
 /// route wants one), verified or from the cache, then the revocation check
 /// (after the cache: a revoked token may well be cached), then the route's
-/// access rules. `/auth/verify` runs the same steps.
+/// access rules. `/auth/verify` runs the same steps. `last` is the client
+/// connection's last token, when there is one to consult.
 pub(crate) fn admit(
     headers: &HeaderMap,
     route: &Route,
     snap: &Snapshot,
     revocations: &Revocations,
+    last: Option<&LastToken>,
 ) -> Result<Option<Arc<VerifiedClaims>>, GatewayError> {
-    let caller = authenticate(headers, route, snap)?;
+    let caller = authenticate(headers, route, snap, last)?;
     if let Some(c) = &caller {
         revocations
             .check(c.revocation_ref())
@@ -182,6 +193,7 @@ fn authenticate(
     headers: &HeaderMap,
     route: &Route,
     snap: &Snapshot,
+    last: Option<&LastToken>,
 ) -> Result<Option<Arc<VerifiedClaims>>, GatewayError> {
     if route.auth == AuthMode::None {
         return Ok(None);
@@ -192,7 +204,26 @@ fn authenticate(
         Ok(None) => return Err(GatewayError::MissingToken),
         Err(_) => return Err(GatewayError::MalformedAuthorization),
     };
-    verify_cached(token, snap).map(Some)
+    match last {
+        Some(last) => verify_remembered(token, snap, last).map(Some),
+        None => verify_cached(token, snap).map(Some),
+    }
+}
+
+/// [`verify_cached`], asking the connection's `last` token first and
+/// remembering `token` there after.
+fn verify_remembered(
+    token: BearerToken<'_>,
+    snap: &Snapshot,
+    last: &LastToken,
+) -> Result<Arc<VerifiedClaims>, GatewayError> {
+    let bytes = token.as_bytes();
+    if let Some(hit) = snap.cache.get_last(last, bytes) {
+        return Ok(hit);
+    }
+    let claims = verify_cached(token, snap)?;
+    snap.cache.set_last(last, bytes, &claims);
+    Ok(claims)
 }
 
 /// The verified claims of `token`: from the cache, or verified and cached.
@@ -211,7 +242,7 @@ pub(crate) fn verify_cached(
         .verifier
         .verify(token)
         .map_err(|r| GatewayError::InvalidToken(r.0))?;
-    let claims = Arc::new(claims);
+    let claims = snap.cache.seal(claims);
     snap.cache.insert_key(key, Arc::clone(&claims));
     Ok(claims)
 }

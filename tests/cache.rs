@@ -249,3 +249,111 @@ async fn each_token_keeps_its_own_claims() {
         assert_eq!(get_with_token(&gw.url("/admin/x"), &user).await.status, 403);
     }
 }
+
+// === the last token of a connection ===
+
+/// One connection, tokens taking turns: each request is answered for its
+/// own token, never for the one before it.
+#[tokio::test]
+async fn one_connection_switching_tokens_keeps_each_callers_claims() {
+    let (up, gw) = gateway("").await;
+    let alice = token("alice", &["user"]);
+    let bob = token("bob", &["admin"]);
+    let mut tampered = alice.clone();
+    tampered.pop();
+    tampered.push(if alice.ends_with('A') { 'B' } else { 'A' });
+    let expired = sign(
+        Algorithm::HS256,
+        Some("hs"),
+        &json!({ "sub": "alice", "exp": now() - 10 }),
+    );
+    let mut conn = Conn::open(gw.addr).await;
+    let start = gw.signature_checks();
+    let mut forwarded = 0;
+    for round in 0..3 {
+        for (t, sub) in [(&alice, "alice"), (&alice, "alice"), (&bob, "bob")] {
+            let r = conn.get_with_token("/api/x", t).await;
+            assert_eq!(r.status, 200, "round {round} {sub}: {}", body(&r));
+            assert_eq!(r.upstream_header("x-auth-subject").as_deref(), Some(sub));
+            forwarded += 1;
+        }
+        // Right after bob, the admin route is his alone.
+        let r = conn.get_with_token("/admin/x", &bob).await;
+        assert_eq!(r.status, 200, "round {round}: {}", body(&r));
+        forwarded += 1;
+        let r = conn.get_with_token("/admin/x", &alice).await;
+        assert_eq!(r.status, 403, "round {round}: {}", body(&r));
+        for (bad, what) in [
+            (&tampered, "tampered"),
+            (&expired, "expired"),
+            (&String::new(), "none"),
+        ] {
+            let r = conn.get_with_token("/api/x", bad).await;
+            assert_eq!(r.status, 401, "round {round}, {what}: {}", body(&r));
+        }
+    }
+    assert_eq!(up.hits(), forwarded);
+    // alice and bob once each; the tampered and expired tokens every time.
+    assert_eq!(gw.signature_checks(), start + 2 + 3 * 2);
+}
+
+/// A reload that takes a key away refuses the tokens of that key on a
+/// connection that presented one just before.
+#[tokio::test]
+async fn a_reload_refuses_a_token_its_connection_presented_before() {
+    let up = TestUpstream::start().await;
+    let config = config_with(up.addr, ROUTES);
+    let gw = TestGateway::start(&config).await;
+    let hs = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
+    let mut conn = Conn::open(gw.addr).await;
+    for _ in 0..2 {
+        assert_eq!(conn.get_with_token("/api/x", &hs).await.status, 200);
+    }
+    let without_hs = config.replace(
+        r#"keys = ["hs", "rs", "es", "ed"]"#,
+        r#"keys = ["rs", "es", "ed"]"#,
+    );
+    assert_ne!(without_hs, config);
+    let path = write_config(gw.dir.path(), &without_hs);
+    let snap = gatehouse::state::Snapshot::load(&path).expect("valid config");
+    gw.shared.store_snapshot(snap);
+    let r = conn.get_with_token("/api/x", &hs).await;
+    assert_eq!(r.status, 401, "{}", body(&r));
+}
+
+/// `max_ttl` bounds what a connection remembers as it bounds the cache.
+#[tokio::test]
+async fn max_ttl_holds_on_one_connection() {
+    let (_up, gw) = gateway("[cache]\nmax_ttl = \"2s\"\n").await;
+    let t = token("alice", &["user"]);
+    let mut conn = Conn::open(gw.addr).await;
+    let start = gw.signature_checks();
+    for _ in 0..3 {
+        assert_eq!(conn.get_with_token("/api/x", &t).await.status, 200);
+    }
+    assert_eq!(gw.signature_checks(), start + 1, "remembered");
+    // Past max_ttl (whole seconds, rounded down at the start: up to 3 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(conn.get_with_token("/api/x", &t).await.status, 200);
+    assert_eq!(gw.signature_checks(), start + 2, "verified again");
+}
+
+/// A token stops working at its `exp` on the connection that presented it.
+#[tokio::test]
+async fn a_remembered_token_stops_working_at_its_exp() {
+    let (_up, gw) = gateway("").await;
+    let exp = now() + 2;
+    let t = sign(
+        Algorithm::HS256,
+        Some("hs"),
+        &json!({ "sub": "alice", "exp": exp }),
+    );
+    let mut conn = Conn::open(gw.addr).await;
+    for _ in 0..2 {
+        assert_eq!(conn.get_with_token("/api/x", &t).await.status, 200);
+    }
+    sleep_until_after(exp).await;
+    let r = conn.get_with_token("/api/x", &t).await;
+    assert_eq!(r.status, 401, "{}", body(&r));
+    assert_eq!(r.json()["error_description"], "token expired");
+}

@@ -565,6 +565,22 @@ async fn logout_revokes_a_cached_access_token_and_its_refresh_family() {
     env.assert_api_ok(&other.access, "another session").await;
 }
 
+/// Logout holds on the connection that kept presenting the token.
+#[tokio::test]
+async fn logout_revokes_a_token_its_connection_presented_before() {
+    let env = Env::default().await;
+    let pair = env.pair("alice").await;
+    let mut conn = Conn::open(env.gw.addr).await;
+    for _ in 0..2 {
+        let r = conn.get_with_token("/api/x", &pair.access).await;
+        assert_eq!(r.status, 200, "{}", body(&r));
+    }
+    let r = env.post_bearer("/auth/logout", &pair.access).await;
+    assert_eq!(r.status, 204, "{}", body(&r));
+    let r = conn.get_with_token("/api/x", &pair.access).await;
+    assert_eq!(r.status, 401, "{}", body(&r));
+}
+
 #[tokio::test]
 async fn logout_with_only_a_refresh_token_revokes_its_family() {
     let env = Env::default().await;

@@ -16,9 +16,20 @@
 //! verified tokens are inserted; each entry expires at its token's `exp` or
 //! after `[cache] max_ttl`, whichever comes first (moka's per-entry expiry),
 //! and the whole cache holds at most `max_entries`.
+//!
+//! In front of it, each client connection remembers the last token it
+//! presented and what that verified to ([`LastToken`]). A connection
+//! nearly always carries one caller's token, request after request; the
+//! token compared in constant time with the one remembered answers those
+//! requests without the digest (SipHash over the whole token) or moka:
+//! a cache hit went from 1.7k to about 0.3k instructions (callgrind). A
+//! connection whose tokens change (a proxy in front multiplexing callers)
+//! pays one comparison and a copy of the token per request on top of the
+//! cache lookup.
 
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::Expiry;
@@ -33,7 +44,26 @@ pub struct ClaimsCache {
     inner: Cache<Key, Arc<VerifiedClaims>, KeyHash>,
     /// The keyed hash behind [`Key`] (its key is secret, drawn at start).
     digest: SipHasher13,
+    /// Tells this cache (so this snapshot's keys and rules) from every
+    /// other: a [`LastToken`] remembered under another is not used.
+    id: u64,
+    max_ttl: Duration,
 }
+
+/// The last token one client connection presented, with its verified
+/// claims (see the module docs).
+#[derive(Default)]
+pub struct LastToken(Mutex<Option<Last>>);
+
+struct Last {
+    /// The [`ClaimsCache::id`] it was verified under.
+    cache: u64,
+    token: Vec<u8>,
+    claims: Arc<VerifiedClaims>,
+}
+
+/// Longer tokens are not remembered: each connection would hold a copy.
+const LAST_TOKEN_MAX: usize = 4096;
 
 /// A cache key: a 128-bit keyed digest of a token (see the module docs).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -102,7 +132,7 @@ impl Expiry<Key, Arc<VerifiedClaims>> for UntilExp {
         claims: &Arc<VerifiedClaims>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(left(claims.exp()).min(self.max_ttl))
+        Some(left(claims.cached_until).min(self.max_ttl))
     }
 }
 
@@ -116,9 +146,54 @@ impl ClaimsCache {
         aws_lc_rs::rand::fill(&mut secret).expect("the system RNG is available");
         let (k0, k1) = secret.split_at(8);
         let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        static IDS: AtomicU64 = AtomicU64::new(0);
         ClaimsCache {
             inner,
             digest: SipHasher13::new_with_keys(word(k0), word(k1)),
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            max_ttl,
+        }
+    }
+
+    /// Freshly verified claims, to be served from a cache until `exp` or
+    /// `max_ttl` from now, whichever comes first.
+    pub fn seal(&self, mut claims: VerifiedClaims) -> Arc<VerifiedClaims> {
+        let ttl = now().saturating_add(self.max_ttl).as_secs();
+        claims.cached_until = claims.exp.min(ttl);
+        Arc::new(claims)
+    }
+
+    /// The claims `last` remembers, if `token` is the token remembered, under
+    /// this cache, and still within its time.
+    pub fn get_last(&self, last: &LastToken, token: &[u8]) -> Option<Arc<VerifiedClaims>> {
+        let last = last.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = last.as_ref()?;
+        let same = last.cache == self.id
+            && aws_lc_rs::constant_time::verify_slices_are_equal(&last.token, token).is_ok();
+        (same && left(last.claims.cached_until) > Duration::ZERO).then(|| Arc::clone(&last.claims))
+    }
+
+    /// Remembers `token` and its `claims` in `last`, in place of what it held.
+    pub fn set_last(&self, last: &LastToken, token: &[u8], claims: &Arc<VerifiedClaims>) {
+        if token.len() > LAST_TOKEN_MAX {
+            return;
+        }
+        let mut last = last.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *last {
+            // The buffer is reused: no allocation when tokens take turns.
+            Some(l) => {
+                l.cache = self.id;
+                l.token.clear();
+                l.token.extend_from_slice(token);
+                l.claims = Arc::clone(claims);
+            }
+            None => {
+                *last = Some(Last {
+                    cache: self.id,
+                    token: token.to_vec(),
+                    claims: Arc::clone(claims),
+                });
+            }
         }
     }
 
@@ -136,8 +211,9 @@ impl ClaimsCache {
     /// Like [`ClaimsCache::get`], with the digest computed once by the caller.
     pub fn get_key(&self, key: &Key) -> Option<Arc<VerifiedClaims>> {
         let hit = self.inner.get(key)?;
-        // moka expires entries on its own clock; never serve one past `exp`.
-        (left(hit.exp()) > Duration::ZERO).then_some(hit)
+        // moka expires entries on its own clock; never serve one past `exp`
+        // (or `max_ttl`).
+        (left(hit.cached_until) > Duration::ZERO).then_some(hit)
     }
 
     /// Remembers a token that passed verification.
@@ -154,5 +230,79 @@ impl ClaimsCache {
 
     pub fn entry_count(&self) -> u64 {
         self.inner.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn claims(sub: &str, exp: u64) -> VerifiedClaims {
+        VerifiedClaims::for_test(sub, exp)
+    }
+
+    fn in_an_hour() -> u64 {
+        (now() + HOUR).as_secs()
+    }
+
+    #[test]
+    fn sealing_bounds_the_claims_by_max_ttl() {
+        let cache = ClaimsCache::new(10, Duration::from_secs(60));
+        let sealed = cache.seal(claims("a", in_an_hour()));
+        let ttl = Duration::from_secs(sealed.cached_until).saturating_sub(now());
+        assert!(ttl <= Duration::from_secs(60) && ttl > Duration::from_secs(50));
+        // A token expiring sooner keeps its `exp`.
+        let soon = (now() + Duration::from_secs(5)).as_secs();
+        assert_eq!(cache.seal(claims("b", soon)).cached_until, soon);
+    }
+
+    #[test]
+    fn the_last_token_answers_only_for_itself() {
+        let cache = ClaimsCache::new(10, HOUR);
+        let last = LastToken::default();
+        assert!(cache.get_last(&last, b"token-a").is_none());
+        let a = cache.seal(claims("a", in_an_hour()));
+        cache.set_last(&last, b"token-a", &a);
+        let hit = cache.get_last(&last, b"token-a").expect("remembered");
+        assert_eq!(hit.subject(), Some("a"));
+        // Same length, one byte off; a prefix; a longer token.
+        assert!(cache.get_last(&last, b"token-b").is_none());
+        assert!(cache.get_last(&last, b"token-").is_none());
+        assert!(cache.get_last(&last, b"token-aa").is_none());
+        // A new token takes the place of the old one.
+        let b = cache.seal(claims("b", in_an_hour()));
+        cache.set_last(&last, b"token-b", &b);
+        assert!(cache.get_last(&last, b"token-a").is_none());
+        assert_eq!(
+            cache.get_last(&last, b"token-b").unwrap().subject(),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn the_last_token_is_not_served_by_another_cache_or_past_its_time() {
+        let old = ClaimsCache::new(10, HOUR);
+        let last = LastToken::default();
+        let a = old.seal(claims("a", in_an_hour()));
+        old.set_last(&last, b"token-a", &a);
+        // After a reload: a new snapshot, a new cache, new keys maybe.
+        let new = ClaimsCache::new(10, HOUR);
+        assert!(new.get_last(&last, b"token-a").is_none());
+        assert!(old.get_last(&last, b"token-a").is_some());
+        // Expired since it was remembered.
+        let gone = Arc::new(claims("g", (now() - Duration::from_secs(1)).as_secs()));
+        old.set_last(&last, b"token-g", &gone);
+        assert!(old.get_last(&last, b"token-g").is_none());
+    }
+
+    #[test]
+    fn a_token_too_long_to_keep_is_not_remembered() {
+        let cache = ClaimsCache::new(10, HOUR);
+        let last = LastToken::default();
+        let long = vec![b'a'; LAST_TOKEN_MAX + 1];
+        cache.set_last(&last, &long, &cache.seal(claims("a", in_an_hour())));
+        assert!(cache.get_last(&last, &long).is_none());
     }
 }

@@ -482,6 +482,48 @@ pub async fn post_form(url: &str, headers: &[(&str, &str)], body: &str) -> Reply
     send(Method::POST, url, &h, body.to_string()).await
 }
 
+/// One keep-alive HTTP/1.1 connection to the gateway: every request on it
+/// reaches the same client connection (and what the gateway keeps per
+/// connection, such as the last token).
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Conn {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Conn { sender }
+    }
+
+    /// `GET path`, with `Authorization: Bearer token` unless `token` is empty.
+    pub async fn get_with_token(&mut self, path: &str, token: &str) -> Reply {
+        let mut req = Request::get(path).header("host", "gatehouse.test");
+        if !token.is_empty() {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
+        self.sender
+            .ready()
+            .await
+            .expect("the connection stays open");
+        let rsp = tokio::time::timeout(Duration::from_secs(30), self.sender.send_request(req))
+            .await
+            .expect("the gateway answered within 30 s")
+            .expect("request sent");
+        let (parts, body) = rsp.into_parts();
+        let body = body.collect().await.expect("body read").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
 /// Writes `raw` bytes to `addr` and reads until the server closes or 5 s pass.
 pub async fn raw(addr: SocketAddr, raw: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
