@@ -141,7 +141,8 @@ async fn handle_inner<'s>(
     let timeout = snap.config.server.request_timeout;
     let req = req.map(|b| {
         if b.is_end_stream() {
-            body::stream(b)
+            // Nothing to stream (a GET, `Content-Length: 0`): no box at all.
+            body::empty()
         } else {
             body::stream(Deadline::new(b, timeout))
         }

@@ -96,7 +96,7 @@ pub async fn forward(
         return Ok(rsp.map(body::stream::<Incoming>));
     }
     let pool = Arc::clone(pool);
-    Ok(rsp.map(|b| body::stream(Pooled::new(b, sender, pool))))
+    Ok(rsp.map(|b| Body::new(Pooled::new(b, sender, pool))))
 }
 
 /// Why an exchange with the upstream failed.

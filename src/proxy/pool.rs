@@ -31,7 +31,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 
 /// Idle connections kept per target.
 pub const MAX_IDLE: usize = 512;
@@ -162,7 +162,8 @@ impl Pool {
 }
 
 /// A response body that hands its connection back to the pool once it has
-/// been read to the end.
+/// been read to the end. Its error is already a `BoxError`, so it is boxed
+/// as the gateway's `Body` without an error-mapping layer around it.
 pub struct Pooled {
     inner: Incoming,
     back: Option<(SendRequest<Body>, Arc<Pool>)>,
@@ -190,25 +191,30 @@ impl Pooled {
 
 impl HttpBody for Pooled {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 if let Some((sender, pool)) = self.back.take() {
                     pool.checkin(sender);
                 }
+                Poll::Ready(None)
             }
-            Poll::Ready(Some(Ok(_))) => self.release_if_done(),
+            Poll::Ready(Some(Ok(frame))) => {
+                self.release_if_done();
+                Poll::Ready(Some(Ok(frame)))
+            }
             // An error: the connection is not reused (dropped with `back`).
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            Poll::Pending => {}
+            Poll::Ready(Some(Err(e))) => {
+                self.back = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
