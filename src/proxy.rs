@@ -157,8 +157,8 @@ async fn handle_inner<'s>(
         path_and_query,
         upgrade,
         timer,
-    );
-    let rsp = rsp.await;
+    )
+    .await;
     ctx.upstream_time = started.map(|t| t.elapsed());
     rsp
 }

@@ -99,25 +99,46 @@ impl SleepSlot {
         }
     }
     /// `fut`, or `Err(Elapsed)` if it has not finished by `deadline`.
-    pub async fn within<F: Future>(
-        self: &Arc<Self>,
-        deadline: Instant,
+    ///
+    /// A plain struct rather than an `async fn`: an `async fn` keeps its
+    /// argument and its pinned copy side by side, doubling `fut`'s size in
+    /// every future that awaits this one (see [`Within`]).
+    pub fn within<F: Future>(self: &Arc<Self>, deadline: Instant, fut: F) -> Within<'_, F> {
+        Within {
+            fut,
+            slot: self,
+            deadline,
+            timer: None,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`SleepSlot::within`]. Its timer is armed only once
+    /// `fut` has to wait.
+    pub struct Within<'s, F> {
+        #[pin]
         fut: F,
-    ) -> Result<F::Output, Elapsed> {
-        let mut fut = std::pin::pin!(fut);
-        let mut timer: Option<Lease> = None;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Ok(out));
-            }
-            // Armed only once `fut` has to wait.
-            let timer = timer.get_or_insert_with(|| self.sleep_until(deadline));
-            match Pin::new(timer).poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
+        slot: &'s Arc<SleepSlot>,
+        deadline: Instant,
+        timer: Option<Lease>,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        let (slot, deadline) = (*this.slot, *this.deadline);
+        let timer = this.timer.get_or_insert_with(|| slot.sleep_until(deadline));
+        match Pin::new(timer).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

@@ -134,14 +134,19 @@ async fn send(
         Err(e) => e,
     };
     match err.take_message() {
+        // Boxed, as the rare path: its futures would otherwise widen every
+        // request's future (see `timer::SleepSlot::within`).
         Some(req) if reused => {
-            let mut sender = Pool::connect(authority, upstream.connect_timeout)
-                .await
-                .map_err(Failed::Connect)?;
-            match sender.send_request(req).await {
-                Ok(rsp) => Ok((rsp, sender)),
-                Err(e) => Err(Failed::Exchange(e)),
-            }
+            Box::pin(async move {
+                let mut sender = Pool::connect(authority, upstream.connect_timeout)
+                    .await
+                    .map_err(Failed::Connect)?;
+                match sender.send_request(req).await {
+                    Ok(rsp) => Ok((rsp, sender)),
+                    Err(e) => Err(Failed::Exchange(e)),
+                }
+            })
+            .await
         }
         _ => Err(Failed::Exchange(err.into_error())),
     }

@@ -108,7 +108,9 @@ impl Pool {
             // That wait may have been long: judge the next one by the clock.
             now = Instant::now();
         }
-        Pool::connect(authority, connect_timeout)
+        // Boxed: new connections are rare, and their future would widen
+        // every request's.
+        Box::pin(Pool::connect(authority, connect_timeout))
             .await
             .map(|s| (s, false))
     }

@@ -22,7 +22,10 @@ pub async fn dispatch(
     };
     let method = req.method().clone();
     let started = Instant::now();
-    let rsp = endpoints::serve(endpoint, req, gw, snap, peer).await;
+    // Boxed: the endpoints' futures (password hashing, store writes) are
+    // larger than the proxy path's, and every request's future would
+    // otherwise be as large as theirs (hyper moves it into place).
+    let rsp = Box::pin(endpoints::serve(endpoint, req, gw, snap, peer)).await;
     tracing::info!(
         target: "gatehouse::access",
         method = %method,
