@@ -9,6 +9,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bench=${BENCH_HARNESS:-$repo/../shared/bench}
 cargo build --release --locked --manifest-path "$repo/Cargo.toml"
+# The `floor` contender: a bare hyper proxy to compare gatehouse with.
+cargo build --release --locked --manifest-path "$repo/bench/floor/Cargo.toml"
 export GATEHOUSE_REPO=$repo GATEHOUSE_BIN=$repo/target/release/gatehouse
 export EXTRA_FILE=${EXTRA_FILE:-$repo/bench/gatehouse.contenders}
 export RESULTS_DIR=${RESULTS_DIR:-$repo/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}

@@ -106,6 +106,13 @@ fn bench(c: &mut Criterion) {
     let claims = Arc::new(snap.verifier.verify(hs).unwrap());
     snap.cache.insert(hs, Arc::clone(&claims));
     c.bench_function("cache_hit", |b| b.iter(|| snap.cache.get(black_box(hs))));
+    // The same token again on one client connection: compared with the one
+    // the connection remembers, no digest and no moka.
+    let last = gatehouse::auth::LastToken::default();
+    snap.cache.set_last(&last, hs.as_bytes(), &claims);
+    c.bench_function("last_token_hit", |b| {
+        b.iter(|| snap.cache.get_last(&last, black_box(hs.as_bytes())))
+    });
 
     // After every hit: the revocation check, with nothing revoked (one
     // atomic load) and with 20,000 revocations in force.
