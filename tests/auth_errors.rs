@@ -608,6 +608,19 @@ upstream = "sluggish"
     let r = get_with_token(&gw.url("/slow/0"), &t).await;
     assert_eq!(r.status, 200, "body: {}", body(&r));
     env.assert_still_serves().await;
+
+    // On one keep-alive connection, after fast requests (each moved the
+    // connection's upstream timer later): still 504, at the timeout.
+    let mut conn = Conn::open(gw.addr).await;
+    for _ in 0..3 {
+        let r = conn.get_with_token("/slow/0", &t).await;
+        assert_eq!(r.status, 200, "body: {}", body(&r));
+    }
+    let started = std::time::Instant::now();
+    let r = conn.get_with_token("/slow/5000", &t).await;
+    assert_error(&r, 504, None, "gateway_timeout");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
 }
 
 // === framing and header limits ===
