@@ -24,7 +24,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -36,13 +36,6 @@ pub struct LazySleep {
     /// When `sleep` fires; never later than `deadline`.
     armed: Instant,
     deadline: Instant,
-    /// The waker `sleep` holds since it was last polled and stayed pending
-    /// (`None` after it fired or moved). Polled again from the same task
-    /// before it fires, it has nothing new to learn: tokio will wake that
-    /// task when it does. Skipping that poll (tokio's budget accounting and
-    /// waker registration) saves about 200 instructions per timer per
-    /// request; a poll from another task (an HTTP/2 stream) polls in full.
-    waker: Option<Waker>,
 }
 
 impl LazySleep {
@@ -51,7 +44,6 @@ impl LazySleep {
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             armed: deadline,
             deadline,
-            waker: None,
         }
     }
 
@@ -61,7 +53,6 @@ impl LazySleep {
         if deadline < self.armed {
             self.sleep.as_mut().reset(deadline);
             self.armed = deadline;
-            self.waker = None;
         }
         self.deadline = deadline;
     }
@@ -71,19 +62,13 @@ impl Future for LazySleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Every poll goes to tokio: a poll it refuses for want of budget
+        // registers nothing, so skipping later polls from the same task
+        // (tried: about 0.2k instructions a request) could leave the timer
+        // unarmed for good.
         let this = &mut *self;
-        let registered = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-        if registered && !this.sleep.is_elapsed() {
-            return Poll::Pending;
-        }
         loop {
-            if this.sleep.as_mut().poll(cx).is_pending() {
-                if !registered {
-                    this.waker = Some(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
-            this.waker = None;
+            ready!(this.sleep.as_mut().poll(cx));
             if this.armed >= this.deadline {
                 return Poll::Ready(());
             }
