@@ -445,7 +445,14 @@ pub async fn send(
         req = req.header(*k, *v);
     }
     let req = req.body(Full::new(body.into())).unwrap();
-    let rsp = tokio::time::timeout(Duration::from_secs(30), client().request(req))
+    read_reply(client().request(req)).await
+}
+
+/// Awaits an answer (for at most 30 s) and reads the whole of it.
+async fn read_reply<E: std::fmt::Debug>(
+    answer: impl std::future::Future<Output = Result<Response<Incoming>, E>>,
+) -> Reply {
+    let rsp = tokio::time::timeout(Duration::from_secs(30), answer)
         .await
         .expect("the gateway answered within 30 s")
         .expect("request sent");
@@ -510,17 +517,7 @@ impl Conn {
             .ready()
             .await
             .expect("the connection stays open");
-        let rsp = tokio::time::timeout(Duration::from_secs(30), self.sender.send_request(req))
-            .await
-            .expect("the gateway answered within 30 s")
-            .expect("request sent");
-        let (parts, body) = rsp.into_parts();
-        let body = body.collect().await.expect("body read").to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        read_reply(self.sender.send_request(req)).await
     }
 }
 
