@@ -85,7 +85,7 @@ pub async fn serve(
         Endpoint::Logout => session::logout(req, gw, snap).await,
         Endpoint::LogoutAll => session::logout_all(&req, gw, snap).await,
         Endpoint::Me => me(&req, gw, snap),
-        Endpoint::Verify => verify(&req, gw, snap),
+        Endpoint::Verify => verify(&req, gw, snap, peer),
         Endpoint::Jwks => Ok(public_json(&crate::auth::jwks::jwks(&snap.keys))),
         Endpoint::OpenIdConfiguration => Ok(openid_configuration(&req, snap)),
     };
@@ -133,6 +133,7 @@ fn verify(
     req: &Request<Incoming>,
     gw: &Gateway,
     snap: &Snapshot,
+    peer: &Peer,
 ) -> Result<Response<Body>, GatewayError> {
     let h = req.headers();
     let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
@@ -171,7 +172,7 @@ fn verify(
         .routes
         .find(&method, host, path)
         .ok_or(GatewayError::NoRoute)?;
-    let caller = crate::proxy::admit(h, route, snap, &gw.revocations, None)?;
+    let caller = crate::proxy::admit(h, route, snap, &gw.revocations, &peer.last_token)?;
     let mut rsp = Response::new(body::empty());
     if let Some(c) = caller {
         for (name, value) in c.identity_headers() {

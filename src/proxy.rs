@@ -34,8 +34,9 @@ pub struct Peer {
     value: HeaderValue,
     /// Times each request's upstream exchange (see `timer.rs`).
     upstream_timer: Arc<SleepSlot>,
-    /// The last bearer token this connection presented (see `auth::cache`).
-    last_token: LastToken,
+    /// The last bearer token this connection presented (see `auth::cache`):
+    /// the proxy path and `/auth/verify` ask it before the cache.
+    pub(crate) last_token: LastToken,
     /// Holds the connection's `max_connections` permit: an upgraded tunnel
     /// takes a clone along.
     guard: forward::ConnGuard,
@@ -114,13 +115,7 @@ async fn handle_inner<'s>(
         .find(req.method(), host_str, req.uri().path())
         .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(&route.path_prefix);
-    let caller = admit(
-        req.headers(),
-        route,
-        snap,
-        revocations,
-        Some(&peer.last_token),
-    )?;
+    let caller = admit(req.headers(), route, snap, revocations, &peer.last_token)?;
     ctx.caller = caller;
     let seen = Seen::scan(req.headers(), Some(snap.verifier.identity()));
     // Read before the hop-by-hop headers go: they carry the upgrade request.
@@ -167,13 +162,13 @@ async fn handle_inner<'s>(
 /// route wants one), verified or from the cache, then the revocation check
 /// (after the cache: a revoked token may well be cached), then the route's
 /// access rules. `/auth/verify` runs the same steps. `last` is the client
-/// connection's last token, when there is one to consult.
+/// connection's last token, asked before the cache.
 pub(crate) fn admit(
     headers: &HeaderMap,
     route: &Route,
     snap: &Snapshot,
     revocations: &Revocations,
-    last: Option<&LastToken>,
+    last: &LastToken,
 ) -> Result<Option<Arc<VerifiedClaims>>, GatewayError> {
     let caller = authenticate(headers, route, snap, last)?;
     if let Some(c) = &caller {
@@ -194,7 +189,7 @@ fn authenticate(
     headers: &HeaderMap,
     route: &Route,
     snap: &Snapshot,
-    last: Option<&LastToken>,
+    last: &LastToken,
 ) -> Result<Option<Arc<VerifiedClaims>>, GatewayError> {
     if route.auth == AuthMode::None {
         return Ok(None);
@@ -205,10 +200,7 @@ fn authenticate(
         Ok(None) => return Err(GatewayError::MissingToken),
         Err(_) => return Err(GatewayError::MalformedAuthorization),
     };
-    match last {
-        Some(last) => verify_remembered(token, snap, last).map(Some),
-        None => verify_cached(token, snap).map(Some),
-    }
+    verify_remembered(token, snap, last).map(Some)
 }
 
 /// [`verify_cached`], asking the connection's `last` token first and

@@ -102,6 +102,7 @@ impl SleepSlot {
             slot: Arc::clone(self),
         }
     }
+
     /// `fut`, or `Err(Elapsed)` if it has not finished by `deadline`.
     ///
     /// A plain struct rather than an `async fn`: an `async fn` keeps its

@@ -1037,6 +1037,43 @@ async fn verify(env: &Env, headers: &[(&str, &str)]) -> Reply {
     get(&env.url("/auth/verify"), headers).await
 }
 
+/// nginx's `auth_request` keeps one connection to the gateway for every
+/// caller: each answer is for the token of that request, never the last.
+#[tokio::test]
+async fn forward_auth_verify_on_one_connection_answers_for_each_token() {
+    let env = Env::default().await;
+    let root = env.pair("root").await;
+    let alice = env.pair("alice").await;
+    let mut tampered = root.access.clone();
+    tampered.pop();
+    tampered.push(if root.access.ends_with('A') { 'B' } else { 'A' });
+    let mut conn = Conn::open(env.gw.addr).await;
+    let mut ask = async |token: &str, uri: &str| {
+        let auth = format!("Bearer {token}");
+        conn.get(
+            "/auth/verify",
+            &[("authorization", &auth), ("x-original-uri", uri)],
+        )
+        .await
+    };
+    for round in 0..2 {
+        let r = ask(&root.access, "/admin/panel").await;
+        assert_eq!(r.status, 200, "round {round}: {}", body(&r));
+        assert_eq!(header(&r, "x-auth-subject"), Some("root-sub"));
+        let r = ask(&alice.access, "/admin/panel").await;
+        assert_eq!(r.status, 403, "round {round}: {}", body(&r));
+        let r = ask(&alice.access, "/api/x").await;
+        assert_eq!(r.status, 200, "round {round}: {}", body(&r));
+        assert_eq!(header(&r, "x-auth-subject"), Some("42"));
+        let r = ask(&tampered, "/api/x").await;
+        assert_eq!(r.status, 401, "round {round}: {}", body(&r));
+    }
+    let r = env.post_bearer("/auth/logout", &alice.access).await;
+    assert_eq!(r.status, 204, "{}", body(&r));
+    let r = ask(&alice.access, "/api/x").await;
+    assert_eq!(r.status, 401, "{}", body(&r));
+}
+
 #[tokio::test]
 async fn forward_auth_verify_applies_the_rules_of_the_original_route() {
     let env = Env::default().await;

@@ -223,7 +223,7 @@ impl ClaimsCache {
 
     /// Like [`ClaimsCache::insert`], with the digest computed once by the caller.
     pub fn insert_key(&self, key: Key, claims: Arc<VerifiedClaims>) {
-        if left(claims.exp()) > Duration::ZERO {
+        if left(claims.cached_until) > Duration::ZERO {
             self.inner.insert(key, claims);
         }
     }

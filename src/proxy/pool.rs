@@ -15,8 +15,7 @@
 //!
 //! A checkout judges idle ages by the time the exchange began, which the
 //! caller has read already (`forward`); a checkin reads the clock once, to
-//! stamp the connection and judge the oldest. Two clock reads fewer a
-//! request than before.
+//! stamp the connection and judge the oldest.
 
 use std::collections::VecDeque;
 use std::pin::Pin;

@@ -508,9 +508,20 @@ impl Conn {
 
     /// `GET path`, with `Authorization: Bearer token` unless `token` is empty.
     pub async fn get_with_token(&mut self, path: &str, token: &str) -> Reply {
+        let auth = format!("Bearer {token}");
+        let headers: &[(&str, &str)] = if token.is_empty() {
+            &[]
+        } else {
+            &[("authorization", &auth)]
+        };
+        self.get(path, headers).await
+    }
+
+    /// `GET path` with `headers`.
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
         let mut req = Request::get(path).header("host", "gatehouse.test");
-        if !token.is_empty() {
-            req = req.header("authorization", format!("Bearer {token}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::new())).unwrap();
         self.sender
