@@ -5,6 +5,17 @@ use gatehouse::cli::{Cli, Command, KeygenArgs, TokenArgs};
 use gatehouse::state::Snapshot;
 use gatehouse::{auth, server, telemetry};
 
+/// mimalloc instead of glibc's malloc. A cache miss allocates the claims, the
+/// cache entry and moka's bookkeeping, and frees an evicted entry; glibc spent
+/// about 9 % of a miss in malloc/free (perf), consolidating fastbins among
+/// them. With mimalloc, every request a miss (compare.sh, TOKEN_POOL=20000,
+/// cache of 1,000, 3 rounds): HS256 31.0 -> 29.3 CPU µs/req, RS256 69.2 ->
+/// 66.1; cache hits unchanged within noise; RSS with 100,000 cached tokens
+/// 127.5 -> 124.4 MiB. Only the binary: the library leaves the choice to
+/// whoever links it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
