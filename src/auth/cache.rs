@@ -216,9 +216,12 @@ impl ClaimsCache {
         (left(hit.cached_until) > Duration::ZERO).then_some(hit)
     }
 
-    /// Remembers a token that passed verification.
-    pub fn insert(&self, token: &str, claims: Arc<VerifiedClaims>) {
-        self.insert_key(self.key(token.as_bytes()), claims);
+    /// Remembers a token that passed verification, sealed
+    /// ([`ClaimsCache::seal`]) so that `max_ttl` bounds it too.
+    pub fn insert(&self, token: &str, claims: VerifiedClaims) -> Arc<VerifiedClaims> {
+        let claims = self.seal(claims);
+        self.insert_key(self.key(token.as_bytes()), Arc::clone(&claims));
+        claims
     }
 
     /// Like [`ClaimsCache::insert`], with the digest computed once by the caller.
