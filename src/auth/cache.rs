@@ -262,6 +262,16 @@ mod tests {
     }
 
     #[test]
+    fn insert_seals_what_it_stores() {
+        let cache = ClaimsCache::new(10, Duration::from_secs(60));
+        let stored = cache.insert("token-a", claims("a", in_an_hour()));
+        let ttl = Duration::from_secs(stored.cached_until).saturating_sub(now());
+        assert!(ttl <= Duration::from_secs(60) && ttl > Duration::from_secs(50));
+        let hit = cache.get("token-a").expect("cached");
+        assert!(Arc::ptr_eq(&hit, &stored));
+    }
+
+    #[test]
     fn the_last_token_answers_only_for_itself() {
         let cache = ClaimsCache::new(10, HOUR);
         let last = LastToken::default();
