@@ -125,6 +125,12 @@ fn left(exp: u64) -> Duration {
     Duration::from_secs(exp).saturating_sub(now())
 }
 
+/// Whether a cache may still serve `claims`: before `exp`, and before
+/// `max_ttl` once sealed. Asked on every way in and out of the cache.
+fn servable(claims: &VerifiedClaims) -> bool {
+    left(claims.cached_until) > Duration::ZERO
+}
+
 impl Expiry<Key, Arc<VerifiedClaims>> for UntilExp {
     fn expire_after_create(
         &self,
@@ -170,7 +176,7 @@ impl ClaimsCache {
         let last = last.as_ref()?;
         let same = last.cache == self.id
             && aws_lc_rs::constant_time::verify_slices_are_equal(&last.token, token).is_ok();
-        (same && left(last.claims.cached_until) > Duration::ZERO).then(|| Arc::clone(&last.claims))
+        (same && servable(&last.claims)).then(|| Arc::clone(&last.claims))
     }
 
     /// Remembers `token` and its `claims` in `last`, in place of what it held.
@@ -213,7 +219,7 @@ impl ClaimsCache {
         let hit = self.inner.get(key)?;
         // moka expires entries on its own clock; never serve one past `exp`
         // (or `max_ttl`).
-        (left(hit.cached_until) > Duration::ZERO).then_some(hit)
+        servable(&hit).then_some(hit)
     }
 
     /// Remembers a token that passed verification, sealed
@@ -226,7 +232,7 @@ impl ClaimsCache {
 
     /// Like [`ClaimsCache::insert`], with the digest computed once by the caller.
     pub fn insert_key(&self, key: Key, claims: Arc<VerifiedClaims>) {
-        if left(claims.cached_until) > Duration::ZERO {
+        if servable(&claims) {
             self.inner.insert(key, claims);
         }
     }
