@@ -257,9 +257,17 @@ where
 /// A gatehouse serving `ROUTES` in front of a test upstream, with
 /// `server_extra` added to its `[server]` table.
 async fn serving(server_extra: &str) -> (TestUpstream, tempfile::TempDir, Gatehouse) {
+    serving_with(&[], server_extra).await
+}
+
+/// [`serving`] with `env` added to the gateway's environment.
+async fn serving_with(
+    env: &[(&str, &str)],
+    server_extra: &str,
+) -> (TestUpstream, tempfile::TempDir, Gatehouse) {
     let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gatehouse::start(dir.path(), |listen, admin| {
+    let gw = Gatehouse::start_with(dir.path(), env, |listen, admin| {
         serve_config(up.addr, listen, admin, server_extra, ROUTES)
     })
     .await;
@@ -489,4 +497,99 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_bro
     let token = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
     assert_eq!(get_with_token(&gw.url("/api/x"), &token).await.status, 200);
     assert_eq!(get(&gw.admin_url("/readyz"), &[]).await.status, 200);
+}
+
+/// `TOKIO_WORKER_THREADS=1` runs tokio's current-thread scheduler (see
+/// `main.rs`): one thread serves a fast request while a slow one waits on
+/// the upstream, applies a reload (built on the blocking pool) and drains at
+/// SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_reloads_and_drains() {
+    let (up, dir, mut gw) =
+        serving_with(&[("TOKIO_WORKER_THREADS", "1")], "shutdown_grace = \"10s\"").await;
+    assert!(
+        gw.log().contains("current-thread"),
+        "not the current-thread scheduler:\n{}",
+        gw.log()
+    );
+
+    let url = gw.url("/slow/1500");
+    let slow = tokio::spawn(async move { get(&url, &[]).await });
+    assert!(
+        eventually(Duration::from_secs(10), || async { up.hits() >= 1 }).await,
+        "the slow request never reached the upstream"
+    );
+    let token = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
+    let r = get_with_token(&gw.url("/api/x"), &token).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("alice")
+    );
+    assert!(
+        !slow.is_finished(),
+        "the fast request waited for the slow one"
+    );
+
+    let with_new = format!(
+        "{ROUTES}\n[[routes]]\npath_prefix = \"/new/\"\nupstream = \"up\"\nauth = \"none\"\n"
+    );
+    let config = serve_config(
+        up.addr,
+        gw.listen,
+        gw.admin,
+        "shutdown_grace = \"10s\"",
+        &with_new,
+    );
+    std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    gw.signal("HUP");
+    let new = gw.url("/new/x");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            status_of(&new).await == Some(StatusCode::OK)
+        })
+        .await,
+        "the reload never applied:\n{}",
+        gw.log()
+    );
+
+    let before = up.hits();
+    let url = gw.url("/slow/1500");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    assert!(
+        eventually(Duration::from_secs(10), || async { up.hits() > before }).await,
+        "the second slow request never reached the upstream"
+    );
+    gw.signal("TERM");
+    assert_eq!(slow.await.unwrap().status, 200);
+    assert_eq!(in_flight.await.unwrap().status, 200, "cut off at SIGTERM");
+    let status = gw
+        .exited_within(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|| panic!("still running 15 s after SIGTERM:\n{}", gw.log()));
+    assert_eq!(status.code(), Some(0), "{}", gw.log());
+}
+
+/// A `TOKIO_WORKER_THREADS` tokio would panic on is refused with a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_worker_thread_count_exits_1_with_a_message() {
+    for bad in ["0", "two", ""] {
+        let dir = tempfile::tempdir().unwrap();
+        let (listen, admin) = free_addrs();
+        let config = serve_config("127.0.0.1:9".parse().unwrap(), listen, admin, "", ROUTES);
+        let path = write_config(dir.path(), &config);
+        let mut gw = Gatehouse::spawn_with(&path, listen, admin, &[("TOKIO_WORKER_THREADS", bad)]);
+        let status = gw
+            .exited_within(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("TOKIO_WORKER_THREADS={bad:?}: still running"));
+        let log = gw.log();
+        assert_eq!(status.code(), Some(1), "{bad:?}: {log}");
+        assert!(
+            log.contains("TOKIO_WORKER_THREADS must be a whole number"),
+            "{bad:?}: {log}"
+        );
+        assert!(!log.contains("panicked"), "{bad:?}: {log}");
+        assert!(std::net::TcpStream::connect(listen).is_err());
+    }
 }

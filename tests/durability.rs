@@ -198,6 +198,34 @@ async fn an_unused_refresh_token_survives_a_restart_and_works_once() {
     assert_eq!(again.json()["error"], "invalid_grant");
 }
 
+/// With `TOKIO_WORKER_THREADS=1` the binary runs tokio's current-thread
+/// scheduler (`main.rs`): logins (argon2 on the blocking pool), rotations and
+/// logouts (store commits on the blocking pool) work on it, and what they
+/// acknowledged survives `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_logs_in_rotates_and_logs_out_durably() {
+    const ONE: &[(&str, &str)] = &[("TOKIO_WORKER_THREADS", "1")];
+    let dir = site(&["alice"]);
+    let gw = Gatehouse::start_with(dir.path(), ONE, config).await;
+    assert!(
+        gw.log().contains("current-thread"),
+        "not the current-thread scheduler:\n{}",
+        gw.log()
+    );
+    let a = gw.pair("alice").await;
+    let b = gw.rotate(&gw.pair("alice").await.refresh).await;
+    assert_eq!(gw.api(&a.access).await, 200, "{}", gw.log());
+    assert_eq!(gw.post_bearer("/auth/logout", &a.access).await, 204);
+    assert_eq!(gw.api(&a.access).await, 401);
+    gw.kill_9().await;
+
+    let gw = Gatehouse::start_with(dir.path(), ONE, config).await;
+    assert_eq!(gw.api(&a.access).await, 401, "{}", gw.log());
+    assert_eq!(gw.refresh(&a.refresh).await.status, 401);
+    let b2 = gw.rotate(&b.refresh).await;
+    assert_eq!(gw.api(&b2.access).await, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_survive_kill_9() {
     let dir = site(&["alice"]);

@@ -36,6 +36,16 @@ impl Gatehouse {
     /// Serves `config` (which should name `listen` and `admin`) without
     /// waiting for it: for a process expected to exit.
     pub fn spawn(config: &Path, listen: SocketAddr, admin: SocketAddr) -> Gatehouse {
+        Gatehouse::spawn_with(config, listen, admin, &[])
+    }
+
+    /// [`Gatehouse::spawn`] with `env` added to the environment.
+    pub fn spawn_with(
+        config: &Path,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Gatehouse {
         let n = SPAWNS.fetch_add(1, Ordering::Relaxed);
         let log = config.with_file_name(format!("gatehouse-{n}.log"));
         let child = Command::new(BIN)
@@ -43,6 +53,7 @@ impl Gatehouse {
             .arg(config)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -61,12 +72,21 @@ impl Gatehouse {
     /// both listeners answer. Another process can take a port between our
     /// probe and the bind: then it retries with new ports.
     pub async fn start(dir: &Path, config: impl Fn(SocketAddr, SocketAddr) -> String) -> Gatehouse {
+        Gatehouse::start_with(dir, &[], config).await
+    }
+
+    /// [`Gatehouse::start`] with `env` added to the environment.
+    pub async fn start_with(
+        dir: &Path,
+        env: &[(&str, &str)],
+        config: impl Fn(SocketAddr, SocketAddr) -> String,
+    ) -> Gatehouse {
         let mut attempts = 0;
         loop {
             attempts += 1;
             let (listen, admin) = free_addrs();
             let path = write_config(dir, &config(listen, admin));
-            let mut gw = Gatehouse::spawn(&path, listen, admin);
+            let mut gw = Gatehouse::spawn_with(&path, listen, admin, env);
             match gw.ready().await {
                 Ok(()) => return gw,
                 Err(log) if log.contains("cannot listen") && attempts < 3 => continue,
