@@ -109,6 +109,7 @@ fn serve(snap: Snapshot, config: std::path::PathBuf) -> ExitCode {
         tokio::runtime::RuntimeFlavor::CurrentThread => "current-thread",
         _ => "multi-thread",
     };
+    let workers = runtime.metrics().num_workers();
     tracing::info!(workers, scheduler, "async runtime");
     match runtime.block_on(server::serve(snap, config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,7 +126,7 @@ fn serve(snap: Snapshot, config: std::path::PathBuf) -> ExitCode {
 fn workers() -> Result<usize, String> {
     const VAR: &str = "TOKIO_WORKER_THREADS";
     match std::env::var(VAR) {
-        Ok(v) => match v.trim().parse::<usize>() {
+        Ok(v) => match v.parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(format!(
                 "{VAR} must be a whole number of threads, 1 or more (it is {v:?})"
