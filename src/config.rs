@@ -61,7 +61,7 @@ pub struct StateConfig {
     pub path: PathBuf,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TokensConfig {
     pub issuer: String,
     pub audience: String,

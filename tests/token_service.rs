@@ -720,6 +720,14 @@ async fn issued_tokens_verify_with_the_published_jwks_for_each_algorithm() {
         let claims = verify_with_jwks(&doc, &pair.access, alg);
         assert_eq!(claims["sub"], "42", "{name}");
         env.assert_api_ok(&pair.access, name).await;
+        // A refresh signs again (RS256 on the blocking pool, the others in place).
+        let next = env.refresh(&pair.refresh).await;
+        assert_eq!(next.status, 200, "{name}: {:?}", next.body);
+        let next = Pair::of(&next);
+        assert_eq!(verify_with_jwks(&doc, &next.access, alg)["sub"], "42");
+        assert_eq!(jwt_header(&next.refresh)["alg"], json!(name));
+        env.assert_api_ok(&next.access, name).await;
+        env.assert_refresh_refused(&pair.refresh, name).await;
     }
 }
 

@@ -4,6 +4,7 @@
 //! in-memory revocations the proxy path checks.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -89,8 +90,14 @@ pub async fn refresh(
         return Err(GatewayError::InvalidGrant("refresh token revoked"));
     }
     let iat = iat_after(cutoff, now);
-    let next = issue::sign_refresh(key, tokens, &presented.subject, &presented.family, iat)
-        .map_err(|_| cannot_sign())?;
+    let next = {
+        let tokens = tokens.clone();
+        let (subject, family) = (presented.subject.clone(), presented.family.clone());
+        signed(key, move |key| {
+            issue::sign_refresh(key, &tokens, &subject, &family, iat)
+        })
+        .await?
+    };
     let rotation = gw
         .store
         .rotate(RotateRequest {
@@ -127,7 +134,7 @@ pub async fn refresh(
                     return Err(GatewayError::InvalidGrant("the user no longer exists"));
                 }
             };
-            let access = sign_access(key, snap, &account, &presented.family, iat)?;
+            let access = sign_access(key, snap, &account, &presented.family, iat).await?;
             Ok(token_pair(snap, &access, &next))
         }
         Rotation::Grace => Err(GatewayError::InvalidGrant(
@@ -337,9 +344,15 @@ async fn issue_new_family(
     let now = now();
     let iat = issued_at(gw, snap, &account.subject, now);
     let family_id = random_id();
-    let refresh = issue::sign_refresh(key, &snap.config.tokens, &account.subject, &family_id, iat)
-        .map_err(|_| cannot_sign())?;
-    let access = sign_access(key, snap, account, &family_id, iat)?;
+    let refresh = {
+        let tokens = snap.config.tokens.clone();
+        let (subject, family) = (account.subject.clone(), family_id.clone());
+        signed(key, move |key| {
+            issue::sign_refresh(key, &tokens, &subject, &family, iat)
+        })
+        .await?
+    };
+    let access = sign_access(key, snap, account, &family_id, iat).await?;
     let family = Family {
         id: family_id,
         subject: account.subject.clone(),
@@ -360,21 +373,26 @@ async fn issue_new_family(
 
 /// An access token whose `jti` names its family (`{family}.{random}`), so
 /// revoking the family revokes it too.
-fn sign_access(
-    key: &Key,
+async fn sign_access(
+    key: &Arc<Key>,
     snap: &Snapshot,
     account: &Account,
     family: &str,
     iat: u64,
 ) -> Result<Minted, GatewayError> {
-    let grant = Grant {
-        subject: &account.subject,
-        roles: &account.roles,
-        claims: &account.claims,
-        ttl: snap.config.tokens.access_ttl,
-    };
+    let tokens = snap.config.tokens.clone();
+    let account = account.clone();
     let jti = format!("{family}.{}", random_id());
-    issue::sign_access(key, &snap.config.tokens, &grant, jti, iat).map_err(|_| cannot_sign())
+    signed(key, move |key| {
+        let grant = Grant {
+            subject: &account.subject,
+            roles: &account.roles,
+            claims: &account.claims,
+            ttl: tokens.access_ttl,
+        };
+        issue::sign_access(key, &tokens, &grant, jti, iat)
+    })
+    .await
 }
 
 /// `iat` for a new token of `subject`: now, or just after a logout-all
@@ -398,11 +416,37 @@ fn own_subject_key(snap: &Snapshot, subject: &str) -> String {
     crate::store::revocations::issuer_scoped(Some(&snap.config.tokens.issuer), subject)
 }
 
-fn signer(snap: &Snapshot) -> Result<&Key, GatewayError> {
+fn signer(snap: &Snapshot) -> Result<&Arc<Key>, GatewayError> {
     snap.keys
         .signer()
-        .map(AsRef::as_ref)
         .ok_or(GatewayError::Internal("no key can sign"))
+}
+
+/// Runs `sign` with `key` where it cannot hold up the proxy path. An RSA
+/// signature (RS*/PS*) takes about a millisecond, and a login or a refresh
+/// makes two: on the async thread that would stall every connection it
+/// serves (all of them, with one worker), so those sign on tokio's blocking
+/// pool. The other algorithms sign in tens of microseconds, less than the
+/// hand-off to another thread costs, and sign in place.
+async fn signed<T: Send + 'static>(
+    key: &Arc<Key>,
+    sign: impl FnOnce(&Key) -> Result<T, jsonwebtoken::errors::Error> + Send + 'static,
+) -> Result<T, GatewayError> {
+    let signed = if signs_slowly(key.algorithm) {
+        let key = Arc::clone(key);
+        tokio::task::spawn_blocking(move || sign(&key))
+            .await
+            .map_err(|_| cannot_sign())?
+    } else {
+        sign(key)
+    };
+    signed.map_err(|_| cannot_sign())
+}
+
+/// RSA: what `signed` moves off the async thread.
+fn signs_slowly(alg: jsonwebtoken::Algorithm) -> bool {
+    use jsonwebtoken::Algorithm::{PS256, PS384, PS512, RS256, RS384, RS512};
+    matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512)
 }
 
 fn cannot_sign() -> GatewayError {
@@ -450,4 +494,30 @@ fn no_content() -> Response<Body> {
     rsp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     rsp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::keys::tests::test_keys;
+
+    /// RSA keys sign on the blocking pool; the others on the calling thread.
+    #[tokio::test]
+    async fn only_rsa_keys_sign_off_the_async_thread() {
+        let here = std::thread::current().id();
+        for (id, elsewhere) in [
+            ("RS256", true),
+            ("RS512", true),
+            ("PS256", true),
+            ("HS256", false),
+            ("ES256", false),
+            ("EdDSA", false),
+        ] {
+            let key = test_keys().set.get(id).unwrap();
+            let on = signed(key, |_| Ok(std::thread::current().id()))
+                .await
+                .unwrap();
+            assert_eq!(on != here, elsewhere, "{id}");
+        }
+    }
 }
