@@ -4,11 +4,12 @@
 //! in-memory revocations the proxy path checks.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use super::form;
 use crate::auth::issue::{self, Grant, Minted, now, random_id};
@@ -428,15 +429,30 @@ fn signer(snap: &Snapshot) -> Result<&Arc<Key>, GatewayError> {
 /// serves (all of them, with one worker), so those sign on tokio's blocking
 /// pool. The other algorithms sign in tens of microseconds, less than the
 /// hand-off to another thread costs, and sign in place.
+///
+/// RSA signatures run at most one per core at a time (as password checks
+/// do): a flood of refreshes queues for a slot rather than growing the
+/// blocking pool to hundreds of threads that crowd out the proxy.
 async fn signed<T: Send + 'static>(
     key: &Arc<Key>,
     sign: impl FnOnce(&Key) -> Result<T, jsonwebtoken::errors::Error> + Send + 'static,
 ) -> Result<T, GatewayError> {
+    static SLOTS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        Arc::new(Semaphore::new(cores))
+    });
     let signed = if signs_slowly(key.algorithm) {
-        let key = Arc::clone(key);
-        tokio::task::spawn_blocking(move || sign(&key))
+        let slot = Arc::clone(&SLOTS)
+            .acquire_owned()
             .await
-            .map_err(|_| cannot_sign())?
+            .map_err(|_| cannot_sign())?;
+        let key = Arc::clone(key);
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            sign(&key)
+        })
+        .await
+        .map_err(|_| cannot_sign())?
     } else {
         sign(key)
     };
@@ -519,5 +535,36 @@ mod tests {
                 .unwrap();
             assert_eq!(on != here, elsewhere, "{id}");
         }
+    }
+
+    /// However many ask at once, no more RSA signatures run than there are
+    /// slots (one per core, at least two).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rsa_signatures_run_one_per_core_at_most() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NOW: AtomicUsize = AtomicUsize::new(0);
+        static MOST: AtomicUsize = AtomicUsize::new(0);
+        let key = test_keys().set.get("RS256").unwrap();
+        let asks = (0..16).map(|_| {
+            let key = Arc::clone(key);
+            tokio::spawn(async move {
+                signed(&key, |_| {
+                    let n = NOW.fetch_add(1, Ordering::SeqCst) + 1;
+                    MOST.fetch_max(n, Ordering::SeqCst);
+                    // Long enough for the others to pile up behind it.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    NOW.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .await
+            })
+        });
+        for ask in asks.collect::<Vec<_>>() {
+            ask.await.unwrap().unwrap();
+        }
+        let slots = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        let most = MOST.load(Ordering::SeqCst);
+        assert!(most <= slots, "{most} at once with {slots} slots");
+        assert!(most >= 1);
     }
 }
