@@ -453,18 +453,20 @@ async fn sigterm_exits_0_after_shutdown_grace_when_a_request_outlasts_it() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_broken() {
-    let (up, dir, mut gw) = serving("").await;
-    assert_eq!(get(&gw.url("/new/x"), &[]).await.status, 404);
-
-    // A new route.
+/// Rewrites `gw`'s config in `dir` with a `/new/` route added (and `server`
+/// in its `[server]` table), sends SIGHUP and waits until `/new/x` answers.
+/// Returns the routes and the whole config written.
+async fn reload_with_a_new_route(
+    gw: &Gatehouse,
+    up: SocketAddr,
+    dir: &Path,
+    server: &str,
+) -> (String, String) {
     let with_new = format!(
         "{ROUTES}\n[[routes]]\npath_prefix = \"/new/\"\nupstream = \"up\"\nauth = \"none\"\n"
     );
-    let new_config = serve_config(up.addr, gw.listen, gw.admin, "", &with_new);
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, &new_config).unwrap();
+    let config = serve_config(up, gw.listen, gw.admin, server, &with_new);
+    std::fs::write(dir.join("gateway.toml"), &config).unwrap();
     gw.signal("HUP");
     let url = gw.url("/new/x");
     assert!(
@@ -475,6 +477,17 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_bro
         "the new route never answered:\n{}",
         gw.log()
     );
+    (with_new, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_broken() {
+    let (up, dir, mut gw) = serving("").await;
+    assert_eq!(get(&gw.url("/new/x"), &[]).await.status, 404);
+
+    // A new route.
+    let (with_new, new_config) = reload_with_a_new_route(&gw, up.addr, dir.path(), "").await;
+    let path = dir.path().join("gateway.toml");
 
     // A broken config (which would also drop `/new/`): refused, the old one serves.
     let broken = new_config.replacen("[server]\n", "[server]\nlisen = 1\n", 1);
@@ -513,27 +526,7 @@ async fn one_worker_thread_serves_reloads_and_drains() {
         gw.log()
     );
 
-    let with_new = format!(
-        "{ROUTES}\n[[routes]]\npath_prefix = \"/new/\"\nupstream = \"up\"\nauth = \"none\"\n"
-    );
-    let config = serve_config(
-        up.addr,
-        gw.listen,
-        gw.admin,
-        "shutdown_grace = \"10s\"",
-        &with_new,
-    );
-    std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
-    gw.signal("HUP");
-    let new = gw.url("/new/x");
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            status_of(&new).await == Some(StatusCode::OK)
-        })
-        .await,
-        "the reload never applied:\n{}",
-        gw.log()
-    );
+    reload_with_a_new_route(&gw, up.addr, dir.path(), "shutdown_grace = \"10s\"").await;
 
     // A request waiting on the upstream (5 s) holds up neither another
     // request nor, at SIGTERM, its own answer.
