@@ -127,7 +127,6 @@ impl Login {
                 }
             }
         };
-        let slots = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         Ok(Login {
             source,
             limits: Arc::new(LoginLimits::new(
@@ -135,7 +134,7 @@ impl Login {
                 cfg.rate_limit_per_user,
             )),
             rates: (cfg.rate_limit_per_ip, cfg.rate_limit_per_user),
-            hashing: Arc::new(Semaphore::new(slots)),
+            hashing: Arc::new(Semaphore::new(cpu_slots())),
             per_user: (0..USER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -248,6 +247,13 @@ impl Login {
         .await
         .map_err(|_| Outcome::Unavailable)
     }
+}
+
+/// How many CPU-heavy jobs (password checks; RSA signatures, see
+/// `endpoints::session`) run at once on the blocking pool: one per core, at
+/// least two.
+pub(crate) fn cpu_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 /// The longest one check takes among the file's cost classes (and the

@@ -91,14 +91,7 @@ pub async fn refresh(
         return Err(GatewayError::InvalidGrant("refresh token revoked"));
     }
     let iat = iat_after(cutoff, now);
-    let next = {
-        let tokens = tokens.clone();
-        let (subject, family) = (presented.subject.clone(), presented.family.clone());
-        signed(key, move |key| {
-            issue::sign_refresh(key, &tokens, &subject, &family, iat)
-        })
-        .await?
-    };
+    let next = sign_refresh(key, snap, &presented.subject, &presented.family, iat).await?;
     let rotation = gw
         .store
         .rotate(RotateRequest {
@@ -345,14 +338,7 @@ async fn issue_new_family(
     let now = now();
     let iat = issued_at(gw, snap, &account.subject, now);
     let family_id = random_id();
-    let refresh = {
-        let tokens = snap.config.tokens.clone();
-        let (subject, family) = (account.subject.clone(), family_id.clone());
-        signed(key, move |key| {
-            issue::sign_refresh(key, &tokens, &subject, &family, iat)
-        })
-        .await?
-    };
+    let refresh = sign_refresh(key, snap, &account.subject, &family_id, iat).await?;
     let access = sign_access(key, snap, account, &family_id, iat).await?;
     let family = Family {
         id: family_id,
@@ -370,6 +356,22 @@ async fn issue_new_family(
         .await
         .map_err(store_failed)?;
     Ok(token_pair(snap, &access, &refresh))
+}
+
+/// A refresh token of `family` for `subject`.
+async fn sign_refresh(
+    key: &Arc<Key>,
+    snap: &Snapshot,
+    subject: &str,
+    family: &str,
+    iat: u64,
+) -> Result<Minted, GatewayError> {
+    let tokens = snap.config.tokens.clone();
+    let (subject, family) = (subject.to_owned(), family.to_owned());
+    signed(key, move |key| {
+        issue::sign_refresh(key, &tokens, &subject, &family, iat)
+    })
+    .await
 }
 
 /// An access token whose `jti` names its family (`{family}.{random}`), so
@@ -437,10 +439,8 @@ async fn signed<T: Send + 'static>(
     key: &Arc<Key>,
     sign: impl FnOnce(&Key) -> Result<T, jsonwebtoken::errors::Error> + Send + 'static,
 ) -> Result<T, GatewayError> {
-    static SLOTS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-        Arc::new(Semaphore::new(cores))
-    });
+    static SLOTS: LazyLock<Arc<Semaphore>> =
+        LazyLock::new(|| Arc::new(Semaphore::new(crate::login::cpu_slots())));
     let signed = if signs_slowly(key.algorithm) {
         let slot = Arc::clone(&SLOTS)
             .acquire_owned()
@@ -562,7 +562,7 @@ mod tests {
         for ask in asks.collect::<Vec<_>>() {
             ask.await.unwrap().unwrap();
         }
-        let slots = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        let slots = crate::login::cpu_slots();
         let most = MOST.load(Ordering::SeqCst);
         assert!(most <= slots, "{most} at once with {slots} slots");
         assert!(most >= 1);
