@@ -10,7 +10,10 @@
 //!   then while a login burst runs;
 //! - refresh: rotations per second with the embedded store (each answer
 //!   waits for the redb commit, fsync included), one client and
-//!   [`REFRESH_CLIENTS`] clients, each refreshing in a chain.
+//!   [`REFRESH_CLIENTS`] clients, each refreshing in a chain;
+//! - the proxy's p50/p99 on a second gateway whose signing key is RS256
+//!   (two RSA signatures of about a millisecond per refresh), alone and
+//!   while [`REFRESH_CLIENTS`] clients refresh in chains.
 //!
 //! Prints a table; `cargo bench --bench sessions`.
 
@@ -210,11 +213,11 @@ async fn login_burst(addr: SocketAddr, logins: usize, clients: usize) -> (Durati
 
 /// Sequential proxy requests with `auth`: `n` of them, or (`n` = 0) as many
 /// as fit before `until` finishes. Each one's latency, sorted.
-async fn proxy_latencies(
+async fn proxy_latencies<T>(
     conn: &mut Conn,
     auth: &HeaderValue,
     n: usize,
-    until: Option<&tokio::task::JoinHandle<(Duration, usize)>>,
+    until: Option<&tokio::task::JoinHandle<T>>,
 ) -> Vec<Duration> {
     let mut out = Vec::with_capacity(n.max(1024));
     loop {
@@ -245,12 +248,22 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// `clients` clients, each logged in once (not timed), then each refreshing
 /// `rotations` times in a chain; the time of the refreshes.
 async fn refresh_chains(addr: SocketAddr, clients: usize, rotations: usize) -> Duration {
+    chains(logged_in(addr, clients).await, rotations).await
+}
+
+/// `clients` connections, each with a refresh token of its own.
+async fn logged_in(addr: SocketAddr, clients: usize) -> Vec<(Conn, String)> {
     let mut ready = Vec::new();
     for c in 0..clients {
         let mut conn = Conn::open(addr).await;
         let (_, refresh) = conn.login(c % USERS).await;
         ready.push((conn, refresh));
     }
+    ready
+}
+
+/// Each of `ready` refreshing `rotations` times in a chain; their time.
+async fn chains(ready: Vec<(Conn, String)>, rotations: usize) -> Duration {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (mut conn, mut refresh) in ready {
@@ -352,10 +365,10 @@ fn main() {
         let mut conn = Conn::open(addr).await;
         let (access, _) = conn.login(0).await;
         let auth = HeaderValue::from_str(&format!("Bearer {access}")).unwrap();
-        phase("warm-up", proxy_latencies(&mut conn, &auth, 200, None)).await;
+        phase("warm-up", proxy_latencies::<()>(&mut conn, &auth, 200, None)).await;
         let alone = phase(
             "the proxy alone",
-            proxy_latencies(&mut conn, &auth, counts.proxy_alone, None),
+            proxy_latencies::<()>(&mut conn, &auth, counts.proxy_alone, None),
         )
         .await;
         let during_burst = tokio::spawn(login_burst(addr, counts.logins, clients));
@@ -378,6 +391,33 @@ fn main() {
         )
         .await;
         let fsync = fsync_cost(gw.dir.path(), if counts.logins > 4 { 50 } else { 2 });
+
+        // A second gateway that signs with RS256: the proxy alone, then
+        // while refreshes (two RSA signatures each) run.
+        let rs_config = config(up.addr).replacen(
+            "[tokens]\n",
+            "[[keys]]\nid = \"rs\"\nalgorithm = \"RS256\"\nprivate_key = \"rs.pem\"\nsign = true\n\n[tokens]\n",
+            1,
+        );
+        let rs_gw = TestGateway::start_with_files(&rs_config, &[("users.toml", &users)]).await;
+        let mut rs_conn = Conn::open(rs_gw.addr).await;
+        let (rs_access, _) = rs_conn.login(0).await;
+        let rs_auth = HeaderValue::from_str(&format!("Bearer {rs_access}")).unwrap();
+        phase("warm-up", proxy_latencies::<()>(&mut rs_conn, &rs_auth, 200, None)).await;
+        let rs_alone = phase(
+            "the proxy alone (RS256 gateway)",
+            proxy_latencies::<()>(&mut rs_conn, &rs_auth, counts.proxy_alone, None),
+        )
+        .await;
+        // Logged in first: the proxy is timed during the refreshes alone.
+        let ready = logged_in(rs_gw.addr, REFRESH_CLIENTS).await;
+        let rs_refreshes = tokio::spawn(chains(ready, counts.rotations_each));
+        let rs_during = phase(
+            "the proxy during RS256 refreshes",
+            proxy_latencies(&mut rs_conn, &rs_auth, 0, Some(&rs_refreshes)),
+        )
+        .await;
+        let rs_took = rs_refreshes.await.unwrap();
 
         println!();
         println!("sessions, {cores} cores");
@@ -408,7 +448,12 @@ fn main() {
             "  {:<22} {:>8} {:>9} {:>9} {:>9}",
             "", "requests", "p50 µs", "p99 µs", "max µs"
         );
-        for (name, l) in [("alone", &alone), ("during login burst", &during)] {
+        for (name, l) in [
+            ("alone", &alone),
+            ("during login burst", &during),
+            ("alone, RS256 signer", &rs_alone),
+            ("during RS256 refreshes", &rs_during),
+        ] {
             let us = |d: Duration| d.as_secs_f64() * 1e6;
             println!(
                 "  {name:<22} {:>8} {:>9.0} {:>9.0} {:>9.0}",
@@ -436,9 +481,16 @@ fn main() {
             conc.as_secs_f64()
         );
         println!(
+            "  {REFRESH_CLIENTS} clients, RS256 signer             {:>9.1} rotations/s \
+             ({conc_n} in {:.2} s, while the proxy was timed)",
+            conc_n as f64 / rs_took.as_secs_f64(),
+            rs_took.as_secs_f64()
+        );
+        println!(
             "  (a 4 KiB write + fsync in the store's directory: {:.2} ms)",
             ms(fsync)
         );
+        drop(rs_gw);
         drop(gw);
         drop(up);
     });
