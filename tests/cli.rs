@@ -335,13 +335,8 @@ async fn serve_with_an_invalid_config_exits_1_without_listening() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_answers_requests_and_health_checks() {
-    let (_up, _dir, mut gw) = serving("").await;
-
-    let r = get(&gw.url("/public/hello"), &[]).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json()["path"], "/public/hello");
+/// A valid token for `alice` on `/api/x`: 200, and the upstream sees her.
+async fn assert_alice_gets_through(gw: &Gatehouse) {
     let token = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
     let r = get_with_token(&gw.url("/api/x"), &token).await;
     assert_eq!(r.status, 200);
@@ -349,6 +344,16 @@ async fn serve_answers_requests_and_health_checks() {
         r.upstream_header("x-auth-subject").as_deref(),
         Some("alice")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_requests_and_health_checks() {
+    let (_up, _dir, mut gw) = serving("").await;
+
+    let r = get(&gw.url("/public/hello"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/public/hello");
+    assert_alice_gets_through(&gw).await;
     assert_eq!(get(&gw.url("/api/x"), &[]).await.status, 401);
     assert_eq!(get(&gw.url("/nowhere"), &[]).await.status, 404);
 
@@ -537,13 +542,7 @@ async fn one_worker_thread_serves_reloads_and_drains() {
         eventually(Duration::from_secs(10), || async { up.hits() > before }).await,
         "the slow request never reached the upstream"
     );
-    let token = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
-    let r = get_with_token(&gw.url("/api/x"), &token).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        r.upstream_header("x-auth-subject").as_deref(),
-        Some("alice")
-    );
+    assert_alice_gets_through(&gw).await;
     assert!(
         !slow.is_finished(),
         "the fast request waited for the slow one"
