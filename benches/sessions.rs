@@ -237,6 +237,26 @@ async fn proxy_latencies<T>(
     out
 }
 
+/// A keep-alive connection to the gateway at `addr` logged in as `user00`,
+/// its `Authorization` value, and the latencies of `n` proxy requests on it
+/// alone (after 200 untimed).
+async fn proxy_alone(addr: SocketAddr, n: usize) -> (Conn, HeaderValue, Vec<Duration>) {
+    let mut conn = Conn::open(addr).await;
+    let (access, _) = conn.login(0).await;
+    let auth = HeaderValue::from_str(&format!("Bearer {access}")).unwrap();
+    phase(
+        "warm-up",
+        proxy_latencies::<()>(&mut conn, &auth, 200, None),
+    )
+    .await;
+    let alone = phase(
+        "the proxy alone",
+        proxy_latencies::<()>(&mut conn, &auth, n, None),
+    )
+    .await;
+    (conn, auth, alone)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -362,15 +382,7 @@ fn main() {
         let logins_per_s = ok as f64 / burst.as_secs_f64();
 
         // The proxy alone, then during a second burst.
-        let mut conn = Conn::open(addr).await;
-        let (access, _) = conn.login(0).await;
-        let auth = HeaderValue::from_str(&format!("Bearer {access}")).unwrap();
-        phase("warm-up", proxy_latencies::<()>(&mut conn, &auth, 200, None)).await;
-        let alone = phase(
-            "the proxy alone",
-            proxy_latencies::<()>(&mut conn, &auth, counts.proxy_alone, None),
-        )
-        .await;
+        let (mut conn, auth, alone) = proxy_alone(addr, counts.proxy_alone).await;
         let during_burst = tokio::spawn(login_burst(addr, counts.logins, clients));
         let during = phase(
             "the proxy during logins",
@@ -400,15 +412,7 @@ fn main() {
             1,
         );
         let rs_gw = TestGateway::start_with_files(&rs_config, &[("users.toml", &users)]).await;
-        let mut rs_conn = Conn::open(rs_gw.addr).await;
-        let (rs_access, _) = rs_conn.login(0).await;
-        let rs_auth = HeaderValue::from_str(&format!("Bearer {rs_access}")).unwrap();
-        phase("warm-up", proxy_latencies::<()>(&mut rs_conn, &rs_auth, 200, None)).await;
-        let rs_alone = phase(
-            "the proxy alone (RS256 gateway)",
-            proxy_latencies::<()>(&mut rs_conn, &rs_auth, counts.proxy_alone, None),
-        )
-        .await;
+        let (mut rs_conn, rs_auth, rs_alone) = proxy_alone(rs_gw.addr, counts.proxy_alone).await;
         // Logged in first: the proxy is timed during the refreshes alone.
         let ready = logged_in(rs_gw.addr, REFRESH_CLIENTS).await;
         let rs_refreshes = tokio::spawn(chains(ready, counts.rotations_each));

@@ -249,9 +249,9 @@ impl Login {
     }
 }
 
-/// How many CPU-heavy jobs (password checks; RSA signatures, see
-/// `endpoints::session`) run at once on the blocking pool: one per core, at
-/// least two.
+/// How many CPU-heavy jobs of one kind run at once on the blocking pool:
+/// one per core, at least two. Password checks and RSA signatures (see
+/// `endpoints::session`) each have a semaphore of this size.
 pub(crate) fn cpu_slots() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }

@@ -125,18 +125,13 @@ fn serve(snap: Snapshot, config: std::path::PathBuf) -> ExitCode {
 /// would panic), else one per core.
 fn workers() -> Result<usize, String> {
     const VAR: &str = "TOKIO_WORKER_THREADS";
-    match std::env::var(VAR) {
-        Ok(v) => match v.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!(
-                "{VAR} must be a whole number of threads, 1 or more (it is {v:?})"
-            )),
-        },
-        Err(std::env::VarError::NotPresent) => {
-            Ok(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
-        }
-        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{VAR} is not UTF-8")),
-    }
+    let Some(v) = std::env::var_os(VAR) else {
+        return Ok(std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    };
+    v.to_str()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{VAR} must be a whole number of threads, 1 or more (it is {v:?})"))
 }
 
 /// The runtime for `workers` threads. One worker gets tokio's current-thread
@@ -147,8 +142,8 @@ fn workers() -> Result<usize, String> {
 /// run (TOKIO_WORKER_THREADS=1, 3 rounds), proxy CPU per request: cache hit
 /// HS256 21.2 -> 20.3 µs; every request a miss HS256 27.9 -> 25.6, RS256
 /// 53.3 -> 52.7; a hit under callgrind 32.6k -> 31.6k instructions.
-/// Blocking work (password hashing, the store, reloads) still goes to the
-/// blocking pool, which both schedulers have.
+/// Blocking work (password hashing, RSA signatures, the store, reloads)
+/// still goes to the blocking pool, which both schedulers have.
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()

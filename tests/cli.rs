@@ -559,7 +559,13 @@ async fn one_worker_thread_serves_reloads_and_drains() {
 /// A `TOKIO_WORKER_THREADS` tokio would panic on is refused with a message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_worker_thread_count_exits_1_with_a_message() {
-    for bad in ["0", "two", "", " 2"] {
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"\xff2");
+    for bad in ["0", "two", "", " 2"]
+        .map(std::ffi::OsStr::new)
+        .into_iter()
+        .chain([not_utf8])
+    {
         let dir = tempfile::tempdir().unwrap();
         let (listen, admin) = free_addrs();
         let config = serve_config("127.0.0.1:9".parse().unwrap(), listen, admin, "", ROUTES);

@@ -4,6 +4,7 @@
 //! of `support`, it is compiled into every test binary, under the
 //! `dead_code` allowance at the top of `mod.rs`.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -36,15 +37,15 @@ impl Gatehouse {
     /// Serves `config` (which should name `listen` and `admin`) without
     /// waiting for it: for a process expected to exit.
     pub fn spawn(config: &Path, listen: SocketAddr, admin: SocketAddr) -> Gatehouse {
-        Gatehouse::spawn_with(config, listen, admin, &[])
+        Gatehouse::spawn_with::<&str>(config, listen, admin, &[])
     }
 
     /// [`Gatehouse::spawn`] with `env` added to the environment.
-    pub fn spawn_with(
+    pub fn spawn_with<V: AsRef<OsStr>>(
         config: &Path,
         listen: SocketAddr,
         admin: SocketAddr,
-        env: &[(&str, &str)],
+        env: &[(&str, V)],
     ) -> Gatehouse {
         let n = SPAWNS.fetch_add(1, Ordering::Relaxed);
         let log = config.with_file_name(format!("gatehouse-{n}.log"));
@@ -53,7 +54,7 @@ impl Gatehouse {
             .arg(config)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
