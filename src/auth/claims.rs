@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn names_are_told_apart_past_their_first_eight_bytes() {
         let c = Claims::parse(
-            br#"{"https://x/roles":"a","https://x/rolez":"b","https://x/":"c","12345678":"d","1234567":"e","":"f"}"#,
+            br#"{"https://x/roles":"a","https://x/rolez":"b","https://x/":"c","12345678":"d","1234567":"e","":"f","123456789":"g"}"#,
         )
         .unwrap();
         let read = |name| c.str(name).map(Result::unwrap).map(Cow::into_owned);
@@ -268,7 +268,9 @@ mod tests {
         assert_eq!(read("https://x/rolesx"), None);
         assert_eq!(read("12345678").as_deref(), Some("d"));
         assert_eq!(read("1234567").as_deref(), Some("e"));
-        assert_eq!(read("123456789"), None);
+        // Nine bytes, the first eight shared: compared whole.
+        assert_eq!(read("123456789").as_deref(), Some("g"));
+        assert_eq!(read("12345678x"), None);
         assert_eq!(read("").as_deref(), Some("f"));
         assert_eq!(read("\0"), None);
     }
