@@ -30,8 +30,9 @@ struct Member<'a> {
 /// words settles whether a name of up to eight bytes (`sub`, `exp`,
 /// `scope`...) is the one asked for. A token that misses the cache has a
 /// dozen of its names looked up among its eight or so members; comparing
-/// them as strings made some 25 `memcmp` calls per miss. (Measured in the
-/// commit that brought it.)
+/// them as strings made some 25 `memcmp` calls per miss. With this key and
+/// [`plain_string`], `str` and `u64` cost an HS256 miss 1.4k instructions
+/// instead of 2.7k (callgrind, 4a38b55).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct NameKey(usize, u64);
 
@@ -118,9 +119,9 @@ impl<'a> Claims<'a> {
 /// quotes, as it is. `raw` passed serde_json's parse, which refuses control
 /// characters in strings, so without a `\` nothing is left to decode.
 ///
-/// `str` and `u64` read five to eight claims of every token that misses
-/// the cache; a deserializer for each cost about 2.8k of an HS256 miss's
-/// 62k instructions. (callgrind; the measured effect is in the commit.)
+/// `str` and `u64` read eight claims of every token that misses the
+/// cache; a deserializer for each was most of their 2.7k instructions of
+/// an HS256 miss's 62k (see [`NameKey`] for what is left).
 fn plain_string(raw: &str) -> Option<&str> {
     let text = raw.strip_prefix('"')?.strip_suffix('"')?;
     (!text.contains('\\')).then_some(text)
