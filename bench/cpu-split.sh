@@ -15,6 +15,7 @@ export LC_ALL=C # $EPOCHREALTIME with a decimal point
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 run=${BENCH_RUN:-$repo/../shared/bench/run}
 rounds=${1:-2}
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "usage: bench/cpu-split.sh [ROUNDS, 1 or more]" >&2; exit 2; }
 for f in keys/hs256.secret tokens/hs256.valid conf/upstream.nginx.conf conf/nginx-proxy.conf; do
   [[ -f $run/$f ]] || { echo "cpu-split.sh: no $run/$f: run bench/run.sh once first" >&2; exit 1; }
 done
