@@ -55,7 +55,10 @@ impl Seen {
     /// A name with `_`: maybe an alias of one of ours (`strip_underscore_aliases`).
     const UNDERSCORE: u32 = 1 << 15;
 
-    /// One pass over the names of `h`; `ids` also looks for identity headers.
+    /// One pass over the names of `h`. With `ids` (a request's scan) it
+    /// also looks for identity headers and `_` spellings; a response's scan
+    /// has no use for them and skips the search for `_` in every name it
+    /// does not know (about 0.2k instructions a response, callgrind).
     pub fn scan(h: &HeaderMap, ids: Option<&Identity>) -> Seen {
         let mut seen = 0;
         for name in h.keys() {
@@ -79,7 +82,7 @@ impl Seen {
                 "x-forwarded-host" => Self::X_FORWARDED_HOST,
                 "forwarded" => Self::FORWARDED,
                 "authorization" => Self::AUTHORIZATION,
-                s if s.as_bytes().contains(&b'_') => Self::UNDERSCORE,
+                s if ids.is_some() && s.as_bytes().contains(&b'_') => Self::UNDERSCORE,
                 _ => 0,
             };
         }
@@ -411,8 +414,8 @@ mod tests {
             assert!(seen.has(bit), "{bit:#x}");
         }
         assert!(!seen.has(Seen::X_FORWARDED_FOR | Seen::FORWARDED | 1 << 5));
-        // Without `ids`, an identity header is just another name.
-        assert!(!Seen::scan(&h, None).has(Seen::IDENTITY));
+        // Without `ids`, an identity header or a `_` is just another name.
+        assert!(!Seen::scan(&h, None).has(Seen::IDENTITY | Seen::UNDERSCORE));
     }
 
     #[test]
