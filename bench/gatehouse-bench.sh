@@ -9,10 +9,13 @@
 # The project's copy of ../shared/bench/examples/gatehouse-bench.sh: the
 # rendered config is the same (gatehouse accepts that file as written).
 # GATEHOUSE_BIN names the binary (required: the project's
-# target/release/gatehouse, as an absolute path).
+# target/release/gatehouse, as an absolute path). ROUTE_AUTH sets the
+# route's `auth` (default `required`; bench/experiments uses `none`).
 set -euo pipefail
 alg=${1:?usage: gatehouse-bench.sh hs256|rs256 [CACHE_MAX_ENTRIES]}
 entries=${2:-100000}   # SPEC default
+route_auth=${ROUTE_AUTH:-required}
+case $route_auth in required|optional|none) ;; *) echo "gatehouse-bench.sh: ROUTE_AUTH must be required, optional or none" >&2; exit 2 ;; esac
 bin=${GATEHOUSE_BIN:?set GATEHOUSE_BIN to the absolute path of target/release/gatehouse}
 [[ -x $bin ]] || { echo "gatehouse-bench.sh: no gatehouse binary at $bin (cargo build --release first)" >&2; exit 1; }
 
@@ -60,7 +63,7 @@ targets = ["$BENCH_UPSTREAM"]
 [[routes]]
 path_prefix = "/"
 upstream = "bench"
-auth = "required"
+auth = "$route_auth"
 TOML
 
 export TOKIO_WORKER_THREADS=1 RUST_LOG=${RUST_LOG:-warn}
