@@ -21,6 +21,9 @@ pub enum GatewayError {
     InvalidToken(&'static str),
     #[error("insufficient scope: {0}")]
     InsufficientScope(&'static str),
+    /// The client did not send its request body within `request_timeout`.
+    #[error("request body timed out")]
+    RequestTimeout,
     #[error("upstream connection failed")]
     UpstreamConnect,
     #[error("upstream timed out")]
@@ -59,6 +62,7 @@ impl GatewayError {
             GatewayError::MalformedAuthorization => StatusCode::BAD_REQUEST,
             GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamConnect => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::InvalidCredentials | GatewayError::InvalidGrant(_) => {
@@ -85,6 +89,10 @@ impl GatewayError {
             ),
             GatewayError::InvalidToken(why) => ("invalid_token", why),
             GatewayError::InsufficientScope(why) => ("insufficient_scope", why),
+            GatewayError::RequestTimeout => (
+                "request_timeout",
+                "the request body did not arrive within request_timeout",
+            ),
             GatewayError::UpstreamConnect => ("bad_gateway", "the upstream could not be reached"),
             GatewayError::UpstreamTimeout => {
                 ("gateway_timeout", "the upstream did not answer in time")

@@ -394,3 +394,77 @@ async fn a_request_slower_than_header_read_timeout_still_gets_its_answer() {
     assert_eq!(rsp.status(), 200);
     assert_eq!(rsp.version(), http::Version::HTTP_2);
 }
+
+/// A gateway whose `request_timeout` is one second (and whose upstream
+/// timeout is long enough not to matter).
+async fn body_impatient_gateway(up: &TestUpstream) -> TestGateway {
+    let config = config_with(
+        up.addr,
+        "[[routes]]\npath_prefix = \"/\"\nupstream = \"up\"\nauth = \"none\"\n",
+    )
+    .replacen("[server]\n", "[server]\nrequest_timeout = \"1s\"\n", 1)
+    .replace("timeout = \"2s\"", "timeout = \"60s\"");
+    TestGateway::start(&config).await
+}
+
+/// Reads what the server sends on `s` until it closes, for up to 8 s.
+async fn read_until_closed(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut out)).await;
+    assert!(
+        read.is_ok(),
+        "still open after 8 s: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client that stops sending its body is the client's fault: 408 (as
+/// Envoy's `request_timeout` answers), not the upstream's 502, and the connection
+/// closes (the rest of that body will not come).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_slower_than_request_timeout_gets_408() {
+    let up = TestUpstream::start().await;
+    let gw = body_impatient_gateway(&up).await;
+    let started = Instant::now();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let reply = read_until_closed(&mut s).await;
+    let elapsed = started.elapsed();
+    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+    assert!(reply.contains("\"error\":\"request_timeout\""), "{reply}");
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "answered after {elapsed:?}, before request_timeout"
+    );
+    // The same request sent whole, at once, goes through.
+    let whole = format!(
+        "POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{}",
+        "x".repeat(100)
+    );
+    let reply = raw(gw.addr, whole.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert!(reply.contains("\"bytes\":100"), "{reply}");
+}
+
+/// A chunked body that breaks its framing halfway is a bad request: 400,
+/// not a 502 that would blame the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_with_broken_chunked_framing_gets_400() {
+    let up = TestUpstream::start().await;
+    let gw = body_impatient_gateway(&up).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    .await
+    .unwrap();
+    let reply = read_until_closed(&mut s).await;
+    assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
+    assert!(
+        reply.contains("the request body could not be read"),
+        "{reply}"
+    );
+}

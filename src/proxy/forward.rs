@@ -70,6 +70,10 @@ pub async fn forward(
             tracing::warn!(upstream = %upstream.name, target = %authority, "upstream timed out");
             return Err(GatewayError::UpstreamTimeout);
         }
+        Ok(Err(Failed::Exchange(e))) if let Some(blame) = client_body_failed(&e) => {
+            tracing::debug!(target = %authority, error = %e, "the client's request body failed");
+            return Err(blame);
+        }
         Ok(Err(e)) => {
             tracing::warn!(upstream = %upstream.name, target = %authority, error = %e, "upstream request failed");
             return Err(match e {
@@ -97,6 +101,28 @@ pub async fn forward(
     }
     let pool = Arc::clone(pool);
     Ok(rsp.map(|b| Body::new(Pooled::new(b, sender, pool))))
+}
+
+/// The client's fault, not the upstream's: the request body failed on its
+/// way through. 408 when it came too slowly (`request_timeout`, see
+/// [`body::Deadline`]); 400 when the client's side of it broke (cut off,
+/// bad chunked framing). `None` for every other failure, the upstream's.
+fn client_body_failed(e: &hyper::Error) -> Option<GatewayError> {
+    // hyper marks a failure of the body it was sending as the user's, with
+    // the body's own error as the source.
+    if !e.is_user() {
+        return None;
+    }
+    let cause = std::error::Error::source(e)?;
+    if cause.is::<body::BodyTimeout>() {
+        Some(GatewayError::RequestTimeout)
+    } else if cause.is::<hyper::Error>() {
+        Some(GatewayError::BadRequest(
+            "the request body could not be read",
+        ))
+    } else {
+        None
+    }
 }
 
 /// Why an exchange with the upstream failed.
