@@ -5,6 +5,7 @@ pub mod admin;
 mod dispatch;
 mod drain;
 mod framing;
+mod idle;
 pub mod signals;
 
 use std::convert::Infallible;
@@ -13,11 +14,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,6 +29,7 @@ use crate::state::{Gateway, Shared, Snapshot};
 use crate::timer::ConnTimer;
 use admin::Health;
 use drain::Drain;
+use idle::{Idle, Streams, Tracked};
 
 /// Binds the listeners of `snap`, serves until SIGTERM/SIGINT, reloads on SIGHUP.
 ///
@@ -176,7 +177,7 @@ fn spawn_connection(
     // The service captures `Shared`, not a snapshot: keep-alive
     // connections see a reload on their next request.
     let shared = Arc::clone(shared);
-    let seen = Arc::clone(&framing);
+    let seen = framing;
     // Shared with any upgraded tunnel, which outlives the connection task.
     let permit = Arc::new(permit);
     let guard = ConnGuard(Arc::clone(&permit) as Arc<dyn std::any::Any + Send + Sync>);
@@ -204,9 +205,24 @@ fn spawn_connection(
     let serve = move |stream, h2: bool| -> Pin<Box<dyn Future<Output = Served> + Send>> {
         let io = TokioIo::new(stream);
         if h2 {
-            let conn = settings.http2.serve_connection(io, svc);
-            let conn = drain.watch(conn, http2::Connection::graceful_shutdown);
-            Box::pin(first_request_within(limit, framing, conn))
+            // Each stream is counted open until its response body is
+            // dropped, and the connection closed once none has been open
+            // for `header_read_timeout` (hyper's h2 server has no idle limit).
+            let streams = Streams::new();
+            let counted = {
+                let streams = Arc::clone(&streams);
+                service_fn(move |req| {
+                    let stream = streams.open();
+                    let rsp = svc.call(req);
+                    async move {
+                        let Ok(rsp) = rsp.await;
+                        Ok::<_, Infallible>(rsp.map(|b| Tracked::body(b, stream)))
+                    }
+                })
+            };
+            let conn = settings.http2.serve_connection(io, counted);
+            let conn = Idle::new(conn, http2::Connection::graceful_shutdown, streams, limit);
+            Box::pin(drain.watch(conn, Idle::stop))
         } else {
             // hyper bounds every HTTP/1 head with `header_read_timeout`
             // itself, with this connection's reusable timer.
@@ -239,7 +255,7 @@ fn spawn_connection(
             }
         };
         match serve(stream, h2).await {
-            None => tracing::debug!(%peer, "no request within header_read_timeout"),
+            None => tracing::debug!(%peer, "closed: no open stream within header_read_timeout"),
             Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
             Some(Ok(())) => {}
         }
@@ -255,35 +271,6 @@ type Served = Option<Result<(), hyper::Error>>;
 async fn all_closed(permits: &Semaphore, limit: usize) {
     let all = u32::try_from(limit).unwrap_or(u32::MAX);
     let _ = permits.acquire_many(all).await;
-}
-
-/// Serves `conn` (an h2c connection) to its end; `None` when no request
-/// arrived within `limit` (the connection is dropped, which closes it). The
-/// timer goes once a request has arrived.
-async fn first_request_within<C>(
-    limit: Duration,
-    framing: Arc<framing::Framing>,
-    conn: C,
-) -> Option<C::Output>
-where
-    C: Future,
-{
-    tokio::pin!(conn);
-    let mut first = Some(Box::pin(tokio::time::sleep(limit)));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
-            return Poll::Ready(Some(ended));
-        }
-        if framing.has_served() {
-            first = None;
-        } else if let Some(sleep) = &mut first
-            && sleep.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 /// The HTTP/1.1 and HTTP/2 (h2c) connection settings of a listener.

@@ -468,3 +468,82 @@ async fn a_request_body_with_broken_chunked_framing_gets_400() {
         "{reply}"
     );
 }
+
+/// An h2c connection to `addr`; the receiver reports when the connection
+/// ended.
+async fn h2c(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    let (ended, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = ended.send(());
+    });
+    (sender, rx)
+}
+
+/// hyper's HTTP/2 server has no idle limit of its own: an h2c connection
+/// with no open stream is closed after `header_read_timeout`, as an idle
+/// HTTP/1.1 keep-alive connection is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2c_connection_is_closed_after_header_read_timeout() {
+    let up = TestUpstream::start().await;
+    let gw = impatient_gateway(&up).await;
+    let (mut sender, ended) = h2c(gw.addr).await;
+    let req = Request::get(gw.url("/x"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let rsp = sender.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let answered = Instant::now();
+    drop(rsp);
+    let closed = tokio::time::timeout(Duration::from_secs(8), ended).await;
+    assert!(
+        closed.is_ok(),
+        "the h2c connection was still open after 8 s"
+    );
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900),
+        "closed {idle:?} after the answer, before header_read_timeout"
+    );
+}
+
+/// A stream is open until its response body has been sent: a download
+/// that takes longer than `header_read_timeout` keeps its h2c connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_response_longer_than_header_read_timeout_arrives_whole() {
+    let release = Arc::new(Notify::new());
+    let upstream = held_response_upstream(Arc::clone(&release)).await;
+    let config = config_with(
+        upstream,
+        "[[routes]]\npath_prefix = \"/\"\nupstream = \"up\"\nauth = \"none\"\n",
+    )
+    .replacen("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n", 1);
+    let gw = TestGateway::start(&config).await;
+    let (mut sender, _ended) = h2c(gw.addr).await;
+    let req = Request::get(gw.url("/held"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let rsp = sender.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let mut body = rsp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    // Three times the limit with the body still open.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    release.notify_one();
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("the rest arrived once released")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(rest, "second");
+}

@@ -44,11 +44,6 @@ impl Framing {
         let n = self.served.fetch_add(1, Ordering::AcqRel);
         n == self.ambiguous.load(Ordering::Acquire)
     }
-
-    /// At least one request reached the service on this connection.
-    pub fn has_served(&self) -> bool {
-        self.served.load(Ordering::Acquire) > 0
-    }
 }
 
 /// A client connection whose incoming HTTP/1 framing is followed. Writes
