@@ -12,6 +12,7 @@
 //! - [`endpoints`]: `/auth/*` and `/.well-known/*`: login, refresh, logout, me, verify, JWKS.
 //! - [`login`]: the users file or `verify_url`, password checks off the async workers,
 //!   rate limits.
+//! - [`metrics`]: the counters behind the admin listener's `/metrics`.
 //! - [`store`]: the durable state ([`store::Store`], embedded redb backend) and the in-memory
 //!   revocation set.
 //! - [`error`]: every failure and its response; [`body`]: the body type;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod endpoints;
 pub mod error;
 pub mod login;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod server;

@@ -212,6 +212,7 @@ fn verify_remembered(
 ) -> Result<Arc<VerifiedClaims>, GatewayError> {
     let bytes = token.as_bytes();
     if let Some(hit) = snap.cache.get_last(last, bytes) {
+        snap.metrics.cache_hit();
         return Ok(hit);
     }
     let claims = verify_cached(token, snap)?;
@@ -226,8 +227,10 @@ pub(crate) fn verify_cached(
 ) -> Result<Arc<VerifiedClaims>, GatewayError> {
     let key = snap.cache.key(token.as_bytes());
     if let Some(hit) = snap.cache.get_key(&key) {
+        snap.metrics.cache_hit();
         return Ok(hit);
     }
+    snap.metrics.cache_miss();
     let token = token
         .check_syntax()
         .map_err(|_| GatewayError::MalformedAuthorization)?;

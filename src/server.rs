@@ -42,7 +42,8 @@ pub async fn serve(snap: Snapshot, config_path: PathBuf) -> std::io::Result<()> 
     let gateway = Gateway::open(snap).await.map_err(|e| {
         std::io::Error::other(format!("{e} (under [state] path {})", state.display()))
     })?;
-    let snap = gateway.load_full();
+    let shared: Shared = Arc::new(gateway);
+    let snap = shared.load_full();
     let listen = snap.config.server.listen;
     let listener = TcpListener::bind(listen)
         .await
@@ -52,7 +53,11 @@ pub async fn serve(snap: Snapshot, config_path: PathBuf) -> std::io::Result<()> 
         let admin = TcpListener::bind(addr).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {e}"))
         })?;
-        tokio::spawn(admin::serve(admin, Arc::clone(&health)));
+        tokio::spawn(admin::serve(
+            admin,
+            Arc::clone(&health),
+            Arc::clone(&shared),
+        ));
         tracing::info!(%addr, "admin listener up");
     }
     if let Some(path) = &snap.generated_key {
@@ -65,7 +70,6 @@ pub async fn serve(snap: Snapshot, config_path: PathBuf) -> std::io::Result<()> 
     }
     tracing::info!(addr = %listen, "{}", snap.summary());
     drop(snap);
-    let shared: Shared = Arc::new(gateway);
     signals::reload_on_sighup(Arc::clone(&shared), config_path);
     run(listener, shared, health, signals::shutdown()).await;
     Ok(())
@@ -178,8 +182,9 @@ fn spawn_connection(
     // connections see a reload on their next request.
     let shared = Arc::clone(shared);
     let seen = framing;
-    // Shared with any upgraded tunnel, which outlives the connection task.
-    let permit = Arc::new(permit);
+    // Shared with any upgraded tunnel, which outlives the connection task;
+    // the connection counts as open (`/metrics`) as long.
+    let permit = Arc::new((permit, shared.metrics.connection_opened()));
     let guard = ConnGuard(Arc::clone(&permit) as Arc<dyn std::any::Any + Send + Sync>);
     let client = Arc::new(Peer::new(peer, guard));
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -188,12 +193,15 @@ fn spawn_connection(
         let client = Arc::clone(&client);
         let shared = Arc::clone(&shared);
         async move {
-            if smuggled {
+            let rsp = if smuggled {
                 tracing::debug!(%peer, "Content-Length with Transfer-Encoding refused");
                 let why = "Content-Length and Transfer-Encoding together";
-                return Ok(GatewayError::BadRequest(why).into_response());
-            }
-            Ok::<_, Infallible>(dispatch::dispatch(req, &shared, &snap, &client).await)
+                GatewayError::BadRequest(why).into_response()
+            } else {
+                dispatch::dispatch(req, &shared, &snap, &client).await
+            };
+            snap.metrics.response(rsp.status());
+            Ok::<_, Infallible>(rsp)
         }
     });
     let limit = settings.header_read_timeout;

@@ -11,6 +11,7 @@ use crate::auth::keys::{self, KeySet};
 use crate::auth::{ClaimsCache, Identity, Verifier};
 use crate::config::{Config, ConfigErrors, Diag, Loc};
 use crate::login::Login;
+use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstream;
 use crate::routes::RouteTable;
 use crate::store::{Revocations, Store, StoreError};
@@ -29,6 +30,9 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     /// `None` without `[login]`.
     pub login: Option<Login>,
+    /// The gateway's counters: the same for every snapshot it serves
+    /// ([`Gateway::store_snapshot`] hands them on).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The gateway a listener serves: the current snapshot (only
@@ -38,6 +42,7 @@ pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     pub store: Box<dyn Store>,
     pub revocations: Revocations,
+    pub metrics: Arc<Metrics>,
 }
 
 pub type Shared = Arc<Gateway>;
@@ -53,6 +58,7 @@ impl Gateway {
             revocations.add(r);
         }
         Ok(Gateway {
+            metrics: Arc::clone(&snap.metrics),
             snapshot: ArcSwap::from_pointee(snap),
             store,
             revocations,
@@ -79,7 +85,8 @@ impl Gateway {
     }
 
     /// Replaces the snapshot (SIGHUP).
-    pub fn store_snapshot(&self, snap: Snapshot) {
+    pub fn store_snapshot(&self, mut snap: Snapshot) {
+        snap.metrics = Arc::clone(&self.metrics);
         self.snapshot.store(Arc::new(snap));
     }
 }
@@ -127,6 +134,7 @@ impl Snapshot {
             cache,
             upstreams,
             config,
+            metrics: Arc::default(),
         })
     }
 

@@ -515,6 +515,15 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_bro
     let token = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
     assert_eq!(get_with_token(&gw.url("/api/x"), &token).await.status, 200);
     assert_eq!(get(&gw.admin_url("/readyz"), &[]).await.status, 200);
+    // Both reloads are on `/metrics`.
+    let metrics = get(&gw.admin_url("/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for line in [
+        "gatehouse_config_reloads_total{result=\"applied\"} 1\n",
+        "gatehouse_config_reloads_total{result=\"refused\"} 1\n",
+    ] {
+        assert!(text.contains(line), "no `{line}` in\n{text}");
+    }
 }
 
 /// `TOKIO_WORKER_THREADS=1` runs tokio's current-thread scheduler (see

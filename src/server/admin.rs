@@ -1,11 +1,13 @@
-//! The admin listener: `/healthz` (200 while the process serves) and
-//! `/readyz` (200 while the gateway accepts traffic, 503 once it drains).
+//! The admin listener: `/healthz` (200 while the process serves),
+//! `/readyz` (200 while the gateway accepts traffic, 503 once it drains)
+//! and `/metrics` (Prometheus text format; see `crate::metrics`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http::{Request, Response, StatusCode};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -13,6 +15,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
+use crate::metrics::Gauges;
+use crate::state::Shared;
 
 /// Readiness, shared by the main listener (which clears it when draining) and the admin one.
 #[derive(Default)]
@@ -31,7 +35,7 @@ impl Health {
 }
 
 /// Serves the admin endpoints until the task is dropped.
-pub async fn serve(listener: TcpListener, health: Arc<Health>) {
+pub async fn serve(listener: TcpListener, health: Arc<Health>, shared: Shared) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -42,9 +46,10 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
             }
         };
         let health = Arc::clone(&health);
+        let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let rsp = respond(&req, &health);
+                let rsp = respond(&req, &health, &shared);
                 async move { Ok::<_, Infallible>(rsp) }
             });
             let _ = http1::Builder::new()
@@ -56,7 +61,18 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
     }
 }
 
-fn respond(req: &Request<Incoming>, health: &Health) -> Response<Body> {
+fn respond(req: &Request<Incoming>, health: &Health, shared: &Shared) -> Response<Body> {
+    if req.uri().path() == "/metrics" {
+        let gauges = Gauges {
+            cache_entries: shared.load().cache.entry_count(),
+        };
+        let mut rsp = Response::new(body::full(shared.metrics.render(&gauges)));
+        rsp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return rsp;
+    }
     let (status, text) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n"),
         "/readyz" if health.is_ready() => (StatusCode::OK, "ready\n"),

@@ -53,6 +53,7 @@ async fn reload(shared: &Shared, path: &std::path::Path) {
                 tracing::warn!("SIGHUP: [server] listen changed; it takes effect on restart");
             }
             shared.store_snapshot(snap);
+            shared.metrics.reload(true);
             tracing::info!(config = %path.display(), "SIGHUP: config reloaded");
         }
         Ok(Err(errors)) => {
@@ -60,7 +61,11 @@ async fn reload(shared: &Shared, path: &std::path::Path) {
                 tracing::error!("{d}");
             }
             tracing::error!("SIGHUP: the new config is invalid; keeping the old one");
+            shared.metrics.reload(false);
         }
-        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the old config"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: reload failed; keeping the old config");
+            shared.metrics.reload(false);
+        }
     }
 }

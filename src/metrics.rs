@@ -1,0 +1,374 @@
+//! The counters behind `/metrics` on the admin listener, and their
+//! Prometheus text rendering.
+//!
+//! The per-request counters (responses by status code, verified-claims
+//! cache hits and misses) are kept in shards, one per thread (modulo
+//! [`SHARDS`]), each on its own cache lines: with one counter shared by
+//! every worker, each request would move its cache line between cores, as
+//! Envoy's thread-local stats avoid too. An increment is a relaxed add to
+//! the thread's own shard; a scrape sums the shards.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Shards of the per-request counters. Threads beyond it share.
+const SHARDS: usize = 16;
+/// Status codes 100 to 599, one slot each.
+const CODES: usize = 500;
+const CACHE_HIT: usize = CODES;
+const CACHE_MISS: usize = CODES + 1;
+const SLOTS: usize = CODES + 2;
+
+/// One thread's per-request counters, aligned so no two shards share a
+/// cache line (128 bytes: adjacent-line prefetch pairs them on x86).
+#[repr(align(128))]
+struct Shard([AtomicU64; SLOTS]);
+
+/// The gateway's counters: one set per process, kept across reloads (every
+/// snapshot points at the gateway's).
+pub struct Metrics {
+    shards: Box<[Shard]>,
+    connections_accepted: AtomicU64,
+    connections_open: AtomicU64,
+    reloads_applied: AtomicU64,
+    reloads_refused: AtomicU64,
+    /// Seconds since the epoch when the counters started.
+    started: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            shards: (0..SHARDS)
+                .map(|_| Shard(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+            connections_accepted: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            reloads_applied: AtomicU64::new(0),
+            reloads_refused: AtomicU64::new(0),
+            started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
+/// What the gauges read at a scrape, from outside the counters.
+pub struct Gauges {
+    /// Entries in the current snapshot's verified-claims cache (moka's
+    /// estimate).
+    pub cache_entries: u64,
+}
+
+impl Metrics {
+    /// This thread's shard.
+    fn shard(&self) -> &[AtomicU64; SLOTS] {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        }
+        &self.shards[INDEX.with(|i| *i)].0
+    }
+
+    fn add(&self, slot: usize) {
+        self.shard()[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self, slot: usize) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0[slot].load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
+    /// A response sent to a client with `status`.
+    pub fn response(&self, status: http::StatusCode) {
+        // StatusCode holds 100..=999; codes beyond 599 are not counted.
+        if let Some(slot) = usize::from(status.as_u16()).checked_sub(100)
+            && slot < CODES
+        {
+            self.add(slot);
+        }
+    }
+
+    /// A token answered from the verified-claims cache.
+    pub fn cache_hit(&self) {
+        self.add(CACHE_HIT);
+    }
+
+    /// A token that was not in the cache and went to verification.
+    pub fn cache_miss(&self) {
+        self.add(CACHE_MISS);
+    }
+
+    /// A client connection accepted; the returned guard counts it open
+    /// until dropped.
+    pub fn connection_opened(self: &std::sync::Arc<Self>) -> OpenConnection {
+        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(std::sync::Arc::clone(self))
+    }
+
+    pub fn reload(&self, applied: bool) {
+        let counter = if applied {
+            &self.reloads_applied
+        } else {
+            &self.reloads_refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every counter.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let w = &mut out;
+        header(
+            w,
+            "gatehouse_responses_total",
+            "counter",
+            "Responses the gateway sent to clients, by status code (the upstream's passed on, and its own).",
+        );
+        for (slot, code) in (0..CODES).zip(100u16..) {
+            let n = self.sum(slot);
+            if n > 0 {
+                let _ = writeln!(w, "gatehouse_responses_total{{code=\"{code}\"}} {n}");
+            }
+        }
+        let hits = self.sum(CACHE_HIT);
+        let misses = self.sum(CACHE_MISS);
+        header(
+            w,
+            "gatehouse_token_cache_requests_total",
+            "counter",
+            "Bearer tokens looked up in the verified-claims cache: a hit skips verification; a miss is verified (and cached if valid).",
+        );
+        let _ = writeln!(
+            w,
+            "gatehouse_token_cache_requests_total{{result=\"hit\"}} {hits}"
+        );
+        let _ = writeln!(
+            w,
+            "gatehouse_token_cache_requests_total{{result=\"miss\"}} {misses}"
+        );
+        metric(
+            w,
+            "gatehouse_token_cache_entries",
+            "gauge",
+            "Verified tokens held in the cache now (an estimate).",
+            gauges.cache_entries,
+        );
+        metric(
+            w,
+            "gatehouse_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            self.connections_accepted.load(Ordering::Relaxed),
+        );
+        metric(
+            w,
+            "gatehouse_connections_open",
+            "gauge",
+            "Client connections open now, upgraded (WebSocket) ones included.",
+            self.connections_open.load(Ordering::Relaxed),
+        );
+        header(
+            w,
+            "gatehouse_config_reloads_total",
+            "counter",
+            "SIGHUP reloads: applied, or refused (the old config kept).",
+        );
+        let applied = self.reloads_applied.load(Ordering::Relaxed);
+        let refused = self.reloads_refused.load(Ordering::Relaxed);
+        let _ = writeln!(
+            w,
+            "gatehouse_config_reloads_total{{result=\"applied\"}} {applied}"
+        );
+        let _ = writeln!(
+            w,
+            "gatehouse_config_reloads_total{{result=\"refused\"}} {refused}"
+        );
+        if let Some(rss) = resident_bytes() {
+            metric(
+                w,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                rss,
+            );
+        }
+        metric(
+            w,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+            self.started,
+        );
+        header(
+            w,
+            "gatehouse_build_info",
+            "gauge",
+            "The running gatehouse's version.",
+        );
+        let _ = writeln!(
+            w,
+            "gatehouse_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out
+    }
+}
+
+/// One open client connection (see [`Metrics::connection_opened`]).
+pub struct OpenConnection(std::sync::Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn header(w: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn metric(w: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    header(w, name, kind, help);
+    let _ = writeln!(w, "{name} {value}");
+}
+
+/// `VmRSS` of `/proc/self/status`, in bytes; `None` off Linux.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+    use std::sync::Arc;
+
+    fn value(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+    }
+
+    #[test]
+    fn counts_from_every_thread_are_summed() {
+        let m = Arc::new(Metrics::default());
+        let threads: Vec<_> = (0..SHARDS + 3)
+            .map(|_| {
+                let m = Arc::clone(&m);
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        m.response(StatusCode::OK);
+                        m.cache_hit();
+                    }
+                    m.response(StatusCode::UNAUTHORIZED);
+                    m.cache_miss();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = m.render(&Gauges { cache_entries: 7 });
+        let n = (SHARDS + 3) as u64;
+        assert_eq!(
+            value(&text, "gatehouse_responses_total{code=\"200\"}"),
+            Some(100 * n)
+        );
+        assert_eq!(
+            value(&text, "gatehouse_responses_total{code=\"401\"}"),
+            Some(n)
+        );
+        assert_eq!(
+            value(&text, "gatehouse_responses_total{code=\"404\"}"),
+            None,
+            "zeros are left out"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "gatehouse_token_cache_requests_total{result=\"hit\"}"
+            ),
+            Some(100 * n)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "gatehouse_token_cache_requests_total{result=\"miss\"}"
+            ),
+            Some(n)
+        );
+        assert_eq!(value(&text, "gatehouse_token_cache_entries"), Some(7));
+    }
+
+    #[test]
+    fn the_edges_of_the_status_range_have_slots() {
+        let m = Metrics::default();
+        m.response(StatusCode::CONTINUE);
+        m.response(StatusCode::from_u16(599).unwrap());
+        m.response(StatusCode::from_u16(600).unwrap());
+        m.response(StatusCode::from_u16(999).unwrap());
+        let text = m.render(&Gauges { cache_entries: 0 });
+        assert_eq!(
+            value(&text, "gatehouse_responses_total{code=\"100\"}"),
+            Some(1)
+        );
+        assert_eq!(
+            value(&text, "gatehouse_responses_total{code=\"599\"}"),
+            Some(1)
+        );
+        assert!(!text.contains("code=\"600\""));
+        assert!(!text.contains("code=\"999\""));
+    }
+
+    #[test]
+    fn open_connections_go_down_when_they_close() {
+        let m = Arc::new(Metrics::default());
+        let a = m.connection_opened();
+        let b = m.connection_opened();
+        drop(a);
+        let text = m.render(&Gauges { cache_entries: 0 });
+        assert_eq!(
+            value(&text, "gatehouse_connections_accepted_total"),
+            Some(2)
+        );
+        assert_eq!(value(&text, "gatehouse_connections_open"), Some(1));
+        drop(b);
+        let text = m.render(&Gauges { cache_entries: 0 });
+        assert_eq!(value(&text, "gatehouse_connections_open"), Some(0));
+    }
+
+    #[test]
+    fn every_series_has_help_and_type() {
+        let m = Metrics::default();
+        m.response(StatusCode::OK);
+        m.reload(true);
+        m.reload(false);
+        let text = m.render(&Gauges { cache_entries: 0 });
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} has no TYPE line"
+            );
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+        }
+        assert_eq!(
+            value(&text, "gatehouse_config_reloads_total{result=\"refused\"}"),
+            Some(1)
+        );
+        if cfg!(target_os = "linux") {
+            assert!(value(&text, "process_resident_memory_bytes").unwrap() > 0);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `/metrics` on the admin listener: responses by status code, the
+//! verified-claims cache's hits and misses, connections, in Prometheus
+//! text format. (Reload counts: `tests/cli.rs`, through the binary.)
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse::server::admin::{self, Health};
+use jsonwebtoken::Algorithm;
+use support::*;
+use tokio::net::TcpListener;
+
+const ROUTES: &str = r#"
+[[routes]]
+path_prefix = "/api/"
+upstream = "up"
+
+[[routes]]
+path_prefix = "/public/"
+upstream = "up"
+auth = "none"
+"#;
+
+/// The gateway, and the address of an admin listener serving its metrics.
+async fn gateway() -> (TestUpstream, TestGateway, std::net::SocketAddr) {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&config_with(up.addr, ROUTES)).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let health = Arc::new(Health::default());
+    tokio::spawn(admin::serve(listener, health, Arc::clone(&gw.shared)));
+    (up, gw, addr)
+}
+
+async fn scrape(admin: std::net::SocketAddr) -> String {
+    let r = get(&format!("http://{admin}/metrics"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    String::from_utf8(r.body.to_vec()).unwrap()
+}
+
+/// The value of `series` (name and labels, as written), if present.
+fn value(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_and_cache_lookups_are_counted() {
+    let (_up, gw, admin) = gateway().await;
+    let before = scrape(admin).await;
+    assert_eq!(
+        value(&before, "gatehouse_responses_total{code=\"200\"}"),
+        None
+    );
+    assert_eq!(
+        value(
+            &before,
+            "gatehouse_token_cache_requests_total{result=\"miss\"}"
+        ),
+        Some(0)
+    );
+
+    let token = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
+    // One connection: a miss, then a hit (the connection's last token).
+    let mut conn = Conn::open(gw.addr).await;
+    assert_eq!(conn.get_with_token("/api/x", &token).await.status, 200);
+    assert_eq!(conn.get_with_token("/api/x", &token).await.status, 200);
+    // Another connection: a hit in the shared cache.
+    assert_eq!(get_with_token(&gw.url("/api/x"), &token).await.status, 200);
+    // No token: 401 without a lookup. A bad signature: a miss, then 401.
+    assert_eq!(get(&gw.url("/api/x"), &[]).await.status, 401);
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    assert_eq!(get_with_token(&gw.url("/api/x"), &forged).await.status, 401);
+    // No route: 404; a public route: 200, no lookup.
+    assert_eq!(get(&gw.url("/nowhere"), &[]).await.status, 404);
+    assert_eq!(get(&gw.url("/public/x"), &[]).await.status, 200);
+
+    let text = scrape(admin).await;
+    assert_eq!(
+        value(&text, "gatehouse_responses_total{code=\"200\"}"),
+        Some(4)
+    );
+    assert_eq!(
+        value(&text, "gatehouse_responses_total{code=\"401\"}"),
+        Some(2)
+    );
+    assert_eq!(
+        value(&text, "gatehouse_responses_total{code=\"404\"}"),
+        Some(1)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "gatehouse_token_cache_requests_total{result=\"hit\"}"
+        ),
+        Some(2)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "gatehouse_token_cache_requests_total{result=\"miss\"}"
+        ),
+        Some(2)
+    );
+    assert!(value(&text, "gatehouse_token_cache_entries").is_some());
+    // Six connections: `conn`, and one per `get`.
+    assert_eq!(
+        value(&text, "gatehouse_connections_accepted_total"),
+        Some(6)
+    );
+    assert!(
+        value(&text, "gatehouse_connections_open").unwrap() >= 1,
+        "{text}"
+    );
+    drop(conn);
+    let mut open = None;
+    for _ in 0..50 {
+        open = value(&scrape(admin).await, "gatehouse_connections_open");
+        if open == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        open,
+        Some(0),
+        "connections still counted open after they closed"
+    );
+    assert!(value(&text, "process_start_time_seconds").unwrap() > 1_700_000_000);
+}
+
+/// A response the gateway makes itself before any route (Content-Length
+/// with Transfer-Encoding: 400) is counted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_refusals_are_counted() {
+    let (_up, gw, admin) = gateway().await;
+    let reply = raw(
+        gw.addr,
+        b"POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
+    let text = scrape(admin).await;
+    assert_eq!(
+        value(&text, "gatehouse_responses_total{code=\"400\"}"),
+        Some(1)
+    );
+}
