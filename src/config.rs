@@ -156,6 +156,15 @@ pub struct UpstreamSpec {
     pub targets: Vec<Target>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// An upstream's active health check: `GET path` on each target every
+/// `interval` (see `proxy::health`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: http::uri::PathAndQuery,
+    pub interval: Duration,
 }
 
 /// Where an upstream's requests go.

@@ -5,6 +5,7 @@
 mod echo;
 pub mod forward;
 pub mod headers;
+mod health;
 pub(crate) mod path;
 mod pool;
 pub mod upstream;

@@ -57,6 +57,7 @@ impl Gateway {
         for r in store.live_revocations(crate::auth::issue::now()).await? {
             revocations.add(r);
         }
+        snap.start_background();
         Ok(Gateway {
             metrics: Arc::clone(&snap.metrics),
             snapshot: ArcSwap::from_pointee(snap),
@@ -87,11 +88,20 @@ impl Gateway {
     /// Replaces the snapshot (SIGHUP).
     pub fn store_snapshot(&self, mut snap: Snapshot) {
         snap.metrics = Arc::clone(&self.metrics);
+        snap.start_background();
         self.snapshot.store(Arc::new(snap));
     }
 }
 
 impl Snapshot {
+    /// Starts what a served snapshot runs in the background (the upstreams'
+    /// health checks), stopping on its own once the snapshot is dropped.
+    fn start_background(&self) {
+        for u in &self.upstreams {
+            u.start_health_checks();
+        }
+    }
+
     /// Parses keys and compiles routes and upstreams. Binds nothing, so
     /// `check` runs it too. With no `sign = true` key, the Ed25519 key under
     /// `[state] path` is loaded, or generated (and written only when

@@ -409,25 +409,7 @@ async fn forward_authorization_false_keeps_the_token_from_the_upstream() {
 
 /// A public catch-all route to an upstream `pool` with `targets`.
 async fn pool_gateway(targets: &[String]) -> TestGateway {
-    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    TestGateway::start(&format!(
-        r#"
-[server]
-admin_listen = ""
-
-[[upstreams]]
-name = "pool"
-targets = [{}]
-timeout = "5s"
-
-[[routes]]
-path_prefix = "/"
-upstream = "pool"
-auth = "none"
-"#,
-        targets.join(", ")
-    ))
-    .await
+    TestGateway::start(&pool_config(targets, "timeout = \"5s\"")).await
 }
 
 /// A local address nothing listens on.

@@ -214,7 +214,20 @@ pub struct RawUpstream {
     pub connect_timeout: Dur,
     #[serde(default = "default_upstream_timeout")]
     pub timeout: Dur,
-    pub health_check: Option<Spanned<toml::Table>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+/// `health_check = { path = "/healthz", interval = "5s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Spanned<String>,
+    #[serde(default = "default_health_interval")]
+    pub interval: Spanned<Dur>,
+}
+
+fn default_health_interval() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur::secs(5))
 }
 
 fn default_connect_timeout() -> Dur {

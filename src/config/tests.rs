@@ -102,3 +102,40 @@ fn cidrs_match_v4_v6_and_mapped_addresses() {
     assert!(Cidr::parse("10.0.0.0/33").is_err());
     assert!(Cidr::parse("nope").is_err());
 }
+
+#[test]
+fn health_checks_parse_with_a_default_interval_and_refuse_bad_values() {
+    let with =
+        |hc: &str| UPSTREAM.replace("targets = [", &format!("health_check = {hc}\ntargets = ["));
+    let c = check(&with(r#"{ path = "/healthz" }"#)).unwrap();
+    let hc = c.upstreams[0].health_check.as_ref().unwrap();
+    assert_eq!(hc.path, "/healthz");
+    assert_eq!(hc.interval, Duration::from_secs(5));
+    let c = check(&with(r#"{ path = "/up?deep=1", interval = "250ms" }"#)).unwrap();
+    let hc = c.upstreams[0].health_check.as_ref().unwrap();
+    assert_eq!(hc.path, "/up?deep=1");
+    assert_eq!(hc.interval, Duration::from_millis(250));
+    assert!(check(UPSTREAM).unwrap().upstreams[0].health_check.is_none());
+
+    for (bad, message) in [
+        (r#"{ path = "healthz" }"#, "must be an origin-form path"),
+        (
+            r#"{ path = "http://x/healthz" }"#,
+            "must be an origin-form path",
+        ),
+        (r#"{ path = "/h", interval = "50ms" }"#, "at least 100ms"),
+        (
+            r#"{ path = "/h", intervall = "5s" }"#,
+            "unknown field `intervall`",
+        ),
+        (r#"{ interval = "5s" }"#, "missing field `path`"),
+    ] {
+        let errs = check(&with(bad)).unwrap_err();
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert!(errs[0].contains(message), "{bad}: {errs:?}");
+        assert!(
+            errs[0].starts_with("gw.toml:4:"),
+            "{bad}: points at the line: {errs:?}"
+        );
+    }
+}

@@ -9,7 +9,9 @@ use jsonwebtoken::Algorithm;
 use toml::Spanned;
 
 use super::diag::{Diag, Diags};
-use super::raw::{RawConfig, RawIdentity, RawKey, RawLogin, RawRoute, RawServer, RawUpstream};
+use super::raw::{
+    RawConfig, RawHealthCheck, RawIdentity, RawKey, RawLogin, RawRoute, RawServer, RawUpstream,
+};
 use super::*;
 
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
@@ -425,12 +427,7 @@ fn upstreams(raw: &[Spanned<RawUpstream>], d: &mut Diags<'_>) -> Vec<UpstreamSpe
                 "an upstream needs at least one target",
             );
         }
-        if let Some(hc) = &u.health_check {
-            d.at(
-                Some(&hc.span()),
-                "health_check is not supported yet: failed targets are ejected passively",
-            );
-        }
+        let health_check = u.health_check.as_ref().and_then(|hc| health_check(hc, d));
         let targets = u
             .targets
             .get_ref()
@@ -442,9 +439,43 @@ fn upstreams(raw: &[Spanned<RawUpstream>], d: &mut Diags<'_>) -> Vec<UpstreamSpe
             targets,
             connect_timeout: u.connect_timeout.0,
             timeout: u.timeout.0,
+            health_check,
         });
     }
     out
+}
+
+/// The shortest `health_check` interval: probes more often than this would
+/// load the upstream more than they tell.
+const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+
+fn health_check(hc: &Spanned<RawHealthCheck>, d: &mut Diags<'_>) -> Option<HealthCheck> {
+    let hc = hc.get_ref();
+    let path = hc.path.get_ref();
+    let parsed = match path.parse::<http::uri::PathAndQuery>() {
+        Ok(p) if path.starts_with('/') => Some(p),
+        _ => {
+            d.at(
+                Some(&hc.path.span()),
+                format!(
+                    "health_check path `{path}` must be an origin-form path such as \"/healthz\""
+                ),
+            );
+            None
+        }
+    };
+    let interval = hc.interval.get_ref().0;
+    if interval < MIN_HEALTH_INTERVAL {
+        d.at(
+            Some(&hc.interval.span()),
+            "health_check interval must be at least 100ms",
+        );
+        return None;
+    }
+    Some(HealthCheck {
+        path: parsed?,
+        interval,
+    })
 }
 
 fn target(t: &Spanned<String>, d: &mut Diags<'_>) -> Option<Target> {

@@ -1,12 +1,14 @@
-//! An upstream: its targets, round-robin selection with passive ejection of
-//! targets that refuse connections, and a keep-alive pool per target.
+//! An upstream: its targets, round-robin selection that skips targets which
+//! refuse connections (passive ejection) or fail their health checks
+//! (`super::health`), and a keep-alive pool per target.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::health::{self, Down};
 use super::pool::Pool;
-use crate::config::{Target, UpstreamSpec};
+use crate::config::{HealthCheck, Target, UpstreamSpec};
 
 /// How long a target whose connection failed is skipped.
 pub const EJECT_FOR: Duration = Duration::from_secs(10);
@@ -20,12 +22,15 @@ pub struct Upstream {
     pub timeout: Duration,
     /// The clock the ejection deadlines count from.
     epoch: Instant,
+    health_check: Option<HealthCheck>,
 }
 
 struct Slot {
     target: Target,
     /// Milliseconds since `epoch` until which the target is skipped (0: never ejected).
     ejected_until: AtomicU64,
+    /// Set while the target's health checks keep it out.
+    down: Arc<Down>,
     pool: Arc<Pool>,
 }
 
@@ -39,6 +44,7 @@ impl Upstream {
                 .map(|t| Slot {
                     target: t.clone(),
                     ejected_until: AtomicU64::new(0),
+                    down: Arc::default(),
                     pool: Arc::default(),
                 })
                 .collect(),
@@ -46,6 +52,28 @@ impl Upstream {
             connect_timeout: spec.connect_timeout,
             timeout: spec.timeout,
             epoch: Instant::now(),
+            health_check: spec.health_check.clone(),
+        }
+    }
+
+    /// Starts probing each HTTP target, when the upstream has a
+    /// `health_check`; the probes stop once this upstream is dropped (with
+    /// its snapshot). Needs a tokio runtime.
+    pub fn start_health_checks(&self) {
+        let Some(check) = &self.health_check else {
+            return;
+        };
+        for slot in &self.targets {
+            if let Target::Http { authority } = &slot.target {
+                let probe = health::Probe {
+                    upstream: self.name.clone(),
+                    authority: authority.clone(),
+                    check: check.clone(),
+                    connect_timeout: self.connect_timeout,
+                    timeout: self.timeout,
+                };
+                health::spawn(probe, &slot.down);
+            }
         }
     }
 
@@ -53,8 +81,11 @@ impl Upstream {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// The next target in round-robin order that is not ejected; when every
-    /// target is ejected, the next one anyway (better a try than a certain 502).
+    /// The next target in round-robin order that is neither ejected nor
+    /// down; when every target is one or the other, the next one that is
+    /// not ejected (a failed health check is less certain than a refused
+    /// connection), and when every target is ejected, the next one anyway
+    /// (better a try than a certain 502).
     pub fn pick(&self) -> (usize, &Target) {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -62,9 +93,11 @@ impl Upstream {
             return (0, &self.targets[0].target);
         }
         let now = self.now_ms();
-        let i = (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| self.targets[i].ejected_until.load(Ordering::Relaxed) <= now)
+        let order = || (0..n).map(|k| (start + k) % n);
+        let ejected = |i: usize| self.targets[i].ejected_until.load(Ordering::Relaxed) > now;
+        let i = order()
+            .find(|&i| !ejected(i) && !self.targets[i].down.is_down())
+            .or_else(|| order().find(|&i| !ejected(i)))
             .unwrap_or(start % n);
         (i, &self.targets[i].target)
     }
@@ -97,6 +130,7 @@ mod tests {
                 .collect(),
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
+            health_check: None,
         })
     }
 
@@ -112,5 +146,24 @@ mod tests {
         u.eject(2);
         // All ejected: still answers.
         let _ = u.pick();
+    }
+
+    #[test]
+    fn targets_down_by_health_check_are_skipped_and_preferred_to_ejected_ones() {
+        let u = upstream(3);
+        u.targets[1].down.set(true);
+        let picks: Vec<usize> = (0..4).map(|_| u.pick().0).collect();
+        assert!(!picks.contains(&1), "{picks:?}");
+        // Every target out: the one that is down but not ejected is tried.
+        u.targets[0].down.set(true);
+        u.eject(2);
+        let picks: Vec<usize> = (0..4).map(|_| u.pick().0).collect();
+        assert!(picks.iter().all(|&i| i != 2), "{picks:?}");
+        assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
+        // Back in: served again.
+        u.targets[0].down.set(false);
+        u.targets[1].down.set(false);
+        let picks: Vec<usize> = (0..4).map(|_| u.pick().0).collect();
+        assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
     }
 }

@@ -271,6 +271,29 @@ timeout = "2s"
     )
 }
 
+/// A config with one upstream, `pool`, of `targets` (URLs) behind a public
+/// catch-all route; `extra` goes into the upstream's table.
+pub fn pool_config(targets: &[String], extra: &str) -> String {
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        r#"
+[server]
+admin_listen = ""
+
+[[upstreams]]
+name = "pool"
+targets = [{}]
+{extra}
+
+[[routes]]
+path_prefix = "/"
+upstream = "pool"
+auth = "none"
+"#,
+        targets.join(", ")
+    )
+}
+
 // === the upstream ===
 
 /// An upstream written for the tests. Paths:

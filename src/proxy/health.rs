@@ -1,0 +1,176 @@
+//! Active health checks: `[[upstreams]] health_check = { path, interval }`.
+//!
+//! Each HTTP target of such an upstream is probed with `GET path` every
+//! `interval`, on a connection of its own (`Connection: close`; the
+//! keep-alive pool is left alone). A probe passes on a 2xx or 3xx answer
+//! within the interval (and the upstream's `timeout`, if shorter); a
+//! refused or timed-out connection, another status, or no answer in time
+//! fails it. As HAProxy's defaults (`fall 3`, `rise 2`): a target is taken
+//! out of the round-robin after [`FALL`] failed probes in a row, and put
+//! back after [`RISE`] passed ones. Targets start in, so a start does not
+//! wait for probes; passive ejection (a refused connection) still applies
+//! on top. When every target is out, requests still go to one (better a
+//! try than a certain 502).
+//!
+//! A probe task lives as long as the snapshot whose upstream it watches: it
+//! holds the target's state weakly and stops once a reload has replaced
+//! the snapshot and the last request on it has finished.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, StatusCode, header};
+use tokio::time::MissedTickBehavior;
+
+use super::pool::Pool;
+use crate::body;
+use crate::config::HealthCheck;
+
+/// Failed probes in a row that take a target out.
+pub const FALL: u32 = 3;
+/// Passed probes in a row that put it back.
+pub const RISE: u32 = 2;
+
+/// Whether a target's probes have taken it out of the round-robin.
+#[derive(Default)]
+pub struct Down(AtomicBool);
+
+impl Down {
+    pub fn is_down(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, down: bool) {
+        self.0.store(down, Ordering::Relaxed);
+    }
+}
+
+/// What a probe task needs to know about its target.
+pub struct Probe {
+    pub upstream: String,
+    pub authority: Authority,
+    pub check: HealthCheck,
+    pub connect_timeout: Duration,
+    /// A probe's answer must come within this (and within `interval`).
+    pub timeout: Duration,
+}
+
+/// Probes `probe`'s target until `down` is dropped with its snapshot.
+pub fn spawn(probe: Probe, down: &Arc<Down>) {
+    tokio::spawn(watch(probe, Arc::downgrade(down)));
+}
+
+async fn watch(probe: Probe, down: Weak<Down>) {
+    let mut tick = tokio::time::interval(probe.check.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut streak = Streak::default();
+    loop {
+        tick.tick().await;
+        if down.strong_count() == 0 {
+            return;
+        }
+        let outcome = probe_once(&probe).await;
+        let Some(down) = down.upgrade() else {
+            return;
+        };
+        match streak.record(outcome.is_ok(), down.is_down()) {
+            Some(true) => {
+                down.set(true);
+                let why = outcome.err().unwrap_or_default();
+                tracing::warn!(upstream = %probe.upstream, target = %probe.authority, %why,
+                    "health check failed {FALL} times: target taken out");
+            }
+            Some(false) => {
+                down.set(false);
+                tracing::info!(upstream = %probe.upstream, target = %probe.authority,
+                    "health check passed {RISE} times: target back in");
+            }
+            None => {}
+        }
+    }
+}
+
+/// Consecutive passes and failures of one target's probes.
+#[derive(Default)]
+struct Streak {
+    passed: u32,
+    failed: u32,
+}
+
+impl Streak {
+    /// Records a probe; `Some(down)` when the target changes state.
+    fn record(&mut self, passed: bool, is_down: bool) -> Option<bool> {
+        if passed {
+            self.failed = 0;
+            self.passed = self.passed.saturating_add(1);
+            (is_down && self.passed >= RISE).then_some(false)
+        } else {
+            self.passed = 0;
+            self.failed = self.failed.saturating_add(1);
+            (!is_down && self.failed >= FALL).then_some(true)
+        }
+    }
+}
+
+/// One probe: `Ok` when it passed, else why not.
+async fn probe_once(p: &Probe) -> Result<(), String> {
+    let limit = p.check.interval.min(p.timeout);
+    let exchange = async {
+        let mut sender = Pool::connect(&p.authority, p.connect_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = Request::get(p.check.path.as_str())
+            .header(header::HOST, p.authority.as_str())
+            .header(header::USER_AGENT, "gatehouse-health-check")
+            .header(header::CONNECTION, "close")
+            .body(body::empty())
+            .map_err(|e| e.to_string())?;
+        let rsp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        Ok::<StatusCode, String>(rsp.status())
+    };
+    match tokio::time::timeout(limit, exchange).await {
+        Err(_) => Err(format!("no answer within {limit:?}")),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(s)) if s.is_success() || s.is_redirection() => Ok(()),
+        Ok(Ok(s)) => Err(format!("status {}", s.as_u16())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_goes_out_after_fall_failures_and_back_after_rise_passes() {
+        let mut s = Streak::default();
+        let mut down = false;
+        let apply = |s: &mut Streak, passed: bool, down: &mut bool| {
+            if let Some(d) = s.record(passed, *down) {
+                *down = d;
+            }
+            *down
+        };
+        // Failures below FALL, broken by a pass: still in.
+        for _ in 0..FALL - 1 {
+            assert!(!apply(&mut s, false, &mut down));
+        }
+        assert!(!apply(&mut s, true, &mut down));
+        for _ in 0..FALL - 1 {
+            assert!(!apply(&mut s, false, &mut down));
+        }
+        assert!(apply(&mut s, false, &mut down), "out after {FALL} in a row");
+        for _ in 0..RISE - 1 {
+            assert!(apply(&mut s, true, &mut down));
+        }
+        assert!(apply(&mut s, false, &mut down), "a failure resets the rise");
+        for _ in 0..RISE - 1 {
+            assert!(apply(&mut s, true, &mut down));
+        }
+        assert!(
+            !apply(&mut s, true, &mut down),
+            "back after {RISE} in a row"
+        );
+    }
+}
