@@ -154,6 +154,7 @@ fn bench(c: &mut Criterion) {
         trusted: false,
         via: &via,
         host: Some(HeaderValue::from_static("api.example.com")),
+        https: false,
     };
     let ids = snap.verifier.identity();
     c.bench_function("header_rewrite", |b| {

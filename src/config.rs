@@ -53,6 +53,27 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub trusted_proxies: Vec<Cidr>,
+    /// TLS termination; `None` serves plain HTTP (and h2c).
+    pub tls: Option<TlsFiles>,
+}
+
+/// `[server] tls`: the PEM certificate chain and private key, read at load.
+/// Parsed into a `rustls` key when the snapshot is built (`server::tls`).
+pub struct TlsFiles {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// Where `tls` is written, for errors found when the files are parsed.
+    pub loc: Loc,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    /// Never the key's bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Debug)]

@@ -41,10 +41,12 @@ pub struct Peer {
     /// Holds the connection's `max_connections` permit: an upgraded tunnel
     /// takes a clone along.
     guard: forward::ConnGuard,
+    /// The connection is TLS: `X-Forwarded-Proto: https`.
+    https: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, guard: forward::ConnGuard) -> Self {
+    pub fn new(addr: SocketAddr, guard: forward::ConnGuard, https: bool) -> Self {
         let value = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
         Peer {
@@ -53,6 +55,7 @@ impl Peer {
             upstream_timer: Arc::default(),
             last_token: LastToken::default(),
             guard,
+            https,
         }
     }
 }
@@ -278,6 +281,7 @@ fn rewrite_headers(
         }
     };
     let down = Downstream {
+        https: peer.https,
         peer: ip,
         peer_value: &peer.value,
         trusted,

@@ -7,6 +7,7 @@ mod drain;
 mod framing;
 mod idle;
 pub mod signals;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,8 +22,10 @@ use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::error::GatewayError;
+use crate::metrics::OpenConnection;
 use crate::proxy::Peer;
 use crate::proxy::forward::ConnGuard;
 use crate::state::{Gateway, Shared, Snapshot};
@@ -111,6 +114,13 @@ pub async fn run(
         };
         (Arc::new(settings), s.max_connections, s.shutdown_grace)
     };
+    let tls = shared
+        .load()
+        .config
+        .server
+        .tls
+        .is_some()
+        .then(|| tls::acceptor(&shared));
     // One permit per open connection: beyond the limit, connections wait in the backlog.
     let permits = Arc::new(Semaphore::new(limit));
     let drain = Arc::new(Drain::default());
@@ -134,7 +144,15 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        spawn_connection(stream, peer, &shared, &settings, &drain, permit);
+        spawn_connection(
+            stream,
+            peer,
+            &shared,
+            &settings,
+            &drain,
+            permit,
+            tls.as_ref(),
+        );
     }
     health.set_ready(false);
     housekeeping.abort();
@@ -165,7 +183,21 @@ async fn housekeeping(shared: Shared) {
     }
 }
 
-/// Serves one client connection on its own task; `permit` is released when it ends.
+/// What serves a connection, besides its socket.
+struct ConnCtx {
+    peer: SocketAddr,
+    shared: Shared,
+    settings: Arc<ConnSettings>,
+    drain: Arc<Drain>,
+    /// Shared with any upgraded tunnel, which outlives the connection task;
+    /// the connection counts as open (`/metrics`) as long.
+    permit: Arc<(OwnedSemaphorePermit, OpenConnection)>,
+    /// Served over TLS: `X-Forwarded-Proto: https`.
+    https: bool,
+}
+
+/// Serves one client connection on its own task, over TLS when `tls` is
+/// given; `permit` is released when it ends.
 fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -173,22 +205,108 @@ fn spawn_connection(
     settings: &Arc<ConnSettings>,
     drain: &Arc<Drain>,
     permit: OwnedSemaphorePermit,
+    tls: Option<&TlsAcceptor>,
 ) {
     let _ = stream.set_nodelay(true);
-    // hyper hides a request's Content-Length when it also has
-    // Transfer-Encoding; the reader underneath it sees both (SPEC §4.5: 400).
-    let (stream, framing) = framing::sniff(stream, settings.max_header_bytes);
+    let (limit, max_head) = (settings.header_read_timeout, settings.max_header_bytes);
+    let drain_started = Arc::clone(drain);
+    let ctx = ConnCtx {
+        peer,
+        permit: Arc::new((permit, shared.metrics.connection_opened())),
+        shared: Arc::clone(shared),
+        settings: Arc::clone(settings),
+        drain: Arc::clone(drain),
+        https: tls.is_some(),
+    };
+    let tls = tls.cloned();
+    tokio::spawn(async move {
+        // The first bytes (or the TLS handshake) must come within
+        // `header_read_timeout`: a client that connects and sends nothing
+        // (or `PRI`, or half a ClientHello, and stalls) must not hold its
+        // connection, and its permit, forever.
+        let served = match tls {
+            None => {
+                // hyper hides a request's Content-Length when it also has
+                // Transfer-Encoding; the reader underneath it sees both
+                // (SPEC §4.5: 400).
+                let (mut stream, framing) = framing::sniff(stream, max_head);
+                // The first bytes tell HTTP/1.1 from h2c.
+                let first = tokio::select! {
+                    first = tokio::time::timeout(limit, stream.read_preface()) => first,
+                    // Nothing read yet: nothing to finish.
+                    () = drain_started.started() => return,
+                };
+                let h2 = match first {
+                    Ok(Ok(h2)) => h2,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %peer, "connection ended before a request");
+                        return;
+                    }
+                    Err(_elapsed) => {
+                        tracing::debug!(%peer, "no request within header_read_timeout");
+                        return;
+                    }
+                };
+                serve_http(stream, framing, h2, ctx).await
+            }
+            Some(acceptor) => {
+                let handshake = tokio::select! {
+                    done = tokio::time::timeout(limit, acceptor.accept(stream)) => done,
+                    () = drain_started.started() => return,
+                };
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_elapsed) => {
+                        tracing::debug!(%peer, "no TLS handshake within header_read_timeout");
+                        return;
+                    }
+                };
+                // ALPN tells HTTP/1.1 from HTTP/2.
+                let h2 = tls::negotiated_h2(stream.get_ref().1);
+                let (stream, framing) = framing::sniff(stream, max_head);
+                serve_http(stream, framing, h2, ctx).await
+            }
+        };
+        match served {
+            None => tracing::debug!(%peer, "closed: no open stream within header_read_timeout"),
+            Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+            Some(Ok(())) => {}
+        }
+    });
+}
+
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on `stream` to its end.
+///
+/// A plain function returning a boxed future, not an `async fn`: inside an
+/// async block, rustc cannot prove hyper's connection futures `Send` (its
+/// higher-ranked error bounds), so each is boxed where its type is known.
+fn serve_http<IO>(
+    stream: framing::Sniffed<IO>,
+    framing: Arc<framing::Framing>,
+    h2: bool,
+    ctx: ConnCtx,
+) -> Pin<Box<dyn Future<Output = Served> + Send>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ConnCtx {
+        peer,
+        shared,
+        settings,
+        drain,
+        permit,
+        https,
+    } = ctx;
+    let guard = ConnGuard(permit as Arc<dyn std::any::Any + Send + Sync>);
+    let client = Arc::new(Peer::new(peer, guard, https));
     // The service captures `Shared`, not a snapshot: keep-alive
     // connections see a reload on their next request.
-    let shared = Arc::clone(shared);
-    let seen = framing;
-    // Shared with any upgraded tunnel, which outlives the connection task;
-    // the connection counts as open (`/metrics`) as long.
-    let permit = Arc::new((permit, shared.metrics.connection_opened()));
-    let guard = ConnGuard(Arc::clone(&permit) as Arc<dyn std::any::Any + Send + Sync>);
-    let client = Arc::new(Peer::new(peer, guard));
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let smuggled = seen.next_request_is_ambiguous();
+        let smuggled = framing.next_request_is_ambiguous();
         let snap = shared.load_full();
         let client = Arc::clone(&client);
         let shared = Arc::clone(&shared);
@@ -205,70 +323,35 @@ fn spawn_connection(
         }
     });
     let limit = settings.header_read_timeout;
-    let (settings, drain) = (Arc::clone(settings), Arc::clone(drain));
-    let drain_started = Arc::clone(&drain);
-    // Built here, not in the task below: inside an async block, rustc cannot
-    // prove hyper's connection futures `Send` (its higher-ranked error
-    // bounds), so each is boxed where its type is known.
-    let serve = move |stream, h2: bool| -> Pin<Box<dyn Future<Output = Served> + Send>> {
-        let io = TokioIo::new(stream);
-        if h2 {
-            // Each stream is counted open until its response body is
-            // dropped, and the connection closed once none has been open
-            // for `header_read_timeout` (hyper's h2 server has no idle limit).
-            let streams = Streams::new();
-            let counted = {
-                let streams = Arc::clone(&streams);
-                service_fn(move |req| {
-                    let stream = streams.open();
-                    let rsp = svc.call(req);
-                    async move {
-                        let Ok(rsp) = rsp.await;
-                        Ok::<_, Infallible>(rsp.map(|b| Tracked::body(b, stream)))
-                    }
-                })
-            };
-            let conn = settings.http2.serve_connection(io, counted);
-            let conn = Idle::new(conn, http2::Connection::graceful_shutdown, streams, limit);
-            Box::pin(drain.watch(conn, Idle::stop))
-        } else {
-            // hyper bounds every HTTP/1 head with `header_read_timeout`
-            // itself, with this connection's reusable timer.
-            let mut http1 = settings.http1.clone();
-            http1.timer(ConnTimer::default());
-            let conn = http1.serve_connection(io, svc).with_upgrades();
-            let conn = drain.watch(conn, http1::UpgradeableConnection::graceful_shutdown);
-            Box::pin(async move { Some(conn.await) })
-        }
-    };
-    tokio::spawn(async move {
-        let mut stream = stream;
-        // The first bytes tell HTTP/1.1 from h2c, within `header_read_timeout`:
-        // a client that connects and sends nothing (or `PRI` and stalls) must
-        // not hold its connection, and its permit, forever.
-        let first = tokio::select! {
-            first = tokio::time::timeout(limit, stream.read_preface()) => first,
-            // Nothing read yet: nothing to finish.
-            () = drain_started.started() => return,
+    let io = TokioIo::new(stream);
+    if h2 {
+        // Each stream is counted open until its response body is dropped,
+        // and the connection closed once none has been open for
+        // `header_read_timeout` (hyper's h2 server has no idle limit).
+        let streams = Streams::new();
+        let counted = {
+            let streams = Arc::clone(&streams);
+            service_fn(move |req| {
+                let stream = streams.open();
+                let rsp = svc.call(req);
+                async move {
+                    let Ok(rsp) = rsp.await;
+                    Ok::<_, Infallible>(rsp.map(|b| Tracked::body(b, stream)))
+                }
+            })
         };
-        let h2 = match first {
-            Ok(Ok(h2)) => h2,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, %peer, "connection ended before a request");
-                return;
-            }
-            Err(_elapsed) => {
-                tracing::debug!(%peer, "no request within header_read_timeout");
-                return;
-            }
-        };
-        match serve(stream, h2).await {
-            None => tracing::debug!(%peer, "closed: no open stream within header_read_timeout"),
-            Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
-            Some(Ok(())) => {}
-        }
-        drop(permit);
-    });
+        let conn = settings.http2.serve_connection(io, counted);
+        let conn = Idle::new(conn, http2::Connection::graceful_shutdown, streams, limit);
+        Box::pin(drain.watch(conn, Idle::stop))
+    } else {
+        // hyper bounds every HTTP/1 head with `header_read_timeout` itself,
+        // with this connection's reusable timer.
+        let mut http1 = settings.http1.clone();
+        http1.timer(ConnTimer::default());
+        let conn = http1.serve_connection(io, svc).with_upgrades();
+        let conn = drain.watch(conn, http1::UpgradeableConnection::graceful_shutdown);
+        Box::pin(async move { Some(conn.await) })
+    }
 }
 
 /// How a connection ended: `None` when no request arrived in time.

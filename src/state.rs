@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     /// `None` without `[login]`.
     pub login: Option<Login>,
+    /// `[server] tls`, parsed: the certificate handshakes are answered with.
+    pub tls: Option<Arc<tokio_rustls::rustls::sign::CertifiedKey>>,
     /// The gateway's counters: the same for every snapshot it serves
     /// ([`Gateway::store_snapshot`] hands them on).
     pub metrics: Arc<Metrics>,
@@ -135,6 +137,16 @@ impl Snapshot {
         let cache = ClaimsCache::new(config.cache.max_entries, config.cache.max_ttl);
         let upstreams = config.upstreams.iter().map(Upstream::new).collect();
         let login = config.login.as_ref().map(Login::new).transpose()?;
+        let tls = match &config.server.tls {
+            None => None,
+            Some(files) => Some(crate::server::tls::certified_key(files).map_err(|message| {
+                ConfigErrors(vec![Diag {
+                    file: config.path.clone(),
+                    loc: files.loc,
+                    message,
+                }])
+            })?),
+        };
         Ok(Snapshot {
             login,
             keys,
@@ -144,6 +156,7 @@ impl Snapshot {
             cache,
             upstreams,
             config,
+            tls,
             metrics: Arc::default(),
         })
     }
@@ -168,8 +181,9 @@ impl Snapshot {
     pub fn summary(&self) -> String {
         let c = &self.config;
         format!(
-            "listen {}, admin {}, {} key(s), {} issuer(s), {} upstream(s), {} route(s), login {}",
+            "listen {}{}, admin {}, {} key(s), {} issuer(s), {} upstream(s), {} route(s), login {}",
             c.server.listen,
+            if self.tls.is_some() { " (TLS)" } else { "" },
             c.server
                 .admin_listen
                 .map_or_else(|| "off".to_string(), |a| a.to_string()),

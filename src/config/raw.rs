@@ -41,7 +41,7 @@ pub struct RawConfig {
 pub struct RawServer {
     pub listen: Spanned<String>,
     pub admin_listen: Spanned<String>,
-    pub tls: Option<Spanned<toml::Table>>,
+    pub tls: Option<Spanned<RawTls>>,
     pub request_timeout: Dur,
     pub header_read_timeout: Dur,
     pub max_header_bytes: Spanned<usize>,
@@ -49,6 +49,14 @@ pub struct RawServer {
     pub shutdown_grace: Dur,
     pub log_format: LogFormat,
     pub trusted_proxies: Vec<Spanned<String>>,
+}
+
+/// `[server] tls = { cert = "cert.pem", key = "key.pem" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 impl Default for RawServer {

@@ -30,7 +30,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
         }
     };
 
-    let server = server(&raw.server, &mut d);
+    let server = server(&raw.server, path, &mut d);
     let keys = keys(&raw.keys, path, &mut d);
     let issuers = issuers(&raw, &keys, &mut d);
     let upstreams = upstreams(&raw.upstreams, &mut d);
@@ -137,19 +137,23 @@ fn verify_url(url: &Spanned<String>, d: &mut Diags<'_>) -> Option<http::Uri> {
     None
 }
 
-fn server(s: &RawServer, d: &mut Diags<'_>) -> Option<ServerConfig> {
+fn server(s: &RawServer, path: &Path, d: &mut Diags<'_>) -> Option<ServerConfig> {
     let listen = socket_addr(&s.listen, d);
     let admin_listen = if s.admin_listen.get_ref().is_empty() {
         Some(None)
     } else {
         socket_addr(&s.admin_listen, d).map(Some)
     };
-    if let Some(tls) = &s.tls {
-        d.at(
-            Some(&tls.span()),
-            "[server] tls is not supported yet: terminate TLS in front of gatehouse",
-        );
-    }
+    let tls = s.tls.as_ref().map(|tls| {
+        let files = tls.get_ref();
+        let cert = read_file(&files.cert, path, d);
+        let key = read_file(&files.key, path, d);
+        Some(TlsFiles {
+            cert_pem: cert?,
+            key_pem: key?,
+            loc: d.loc(&tls.span()),
+        })
+    });
     if *s.max_header_bytes.get_ref() < MIN_HEADER_BYTES {
         d.at(
             Some(&s.max_header_bytes.span()),
@@ -179,6 +183,10 @@ fn server(s: &RawServer, d: &mut Diags<'_>) -> Option<ServerConfig> {
         shutdown_grace: s.shutdown_grace.0,
         log_format: s.log_format,
         trusted_proxies: trusted,
+        tls: match tls {
+            None => None,
+            Some(files) => Some(files?),
+        },
     })
 }
 

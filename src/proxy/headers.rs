@@ -172,6 +172,8 @@ pub struct Downstream<'a> {
     pub via: &'a HeaderValue,
     /// The request's `Host`: the upstream's `X-Forwarded-Host`.
     pub host: Option<HeaderValue>,
+    /// The client connection is TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// Rewrites a request's headers for the upstream, in this order: drops the
@@ -221,7 +223,8 @@ fn set_forwarding(h: &mut HeaderMap, down: &Downstream<'_>, seen: Seen) {
     };
     h.insert(&X_FORWARDED_FOR, xff);
     if !down.trusted || !seen.has(Seen::X_FORWARDED_PROTO) {
-        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if down.https { "https" } else { "http" };
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !down.trusted || !seen.has(Seen::X_FORWARDED_HOST) {
         match &down.host {
@@ -362,6 +365,7 @@ mod tests {
             trusted,
             via: &VIA,
             host: None,
+            https: false,
         }
     }
 

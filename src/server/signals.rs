@@ -52,6 +52,13 @@ async fn reload(shared: &Shared, path: &std::path::Path) {
             if snap.config.server.listen != old.config.server.listen {
                 tracing::warn!("SIGHUP: [server] listen changed; it takes effect on restart");
             }
+            if snap.tls.is_some() != old.tls.is_some() {
+                tracing::warn!("SIGHUP: [server] tls turned on or off; it takes effect on restart");
+                // A TLS listener keeps answering with the certificate it has.
+                if snap.tls.is_none() {
+                    snap.tls = old.tls.clone();
+                }
+            }
             shared.store_snapshot(snap);
             shared.metrics.reload(true);
             tracing::info!(config = %path.display(), "SIGHUP: config reloaded");

@@ -1,0 +1,222 @@
+//! TLS termination (`[server] tls`): HTTP/1.1 and HTTP/2 chosen by ALPN,
+//! `X-Forwarded-Proto: https`, a stalled handshake cut off, the
+//! certificate replaced by a reload, and bad files refused at load.
+//!
+//! `tests/data/tls` holds two self-signed test certificates (P-256, for
+//! `localhost` and 127.0.0.1, valid to 2126) and their keys: test material
+//! only, made with `openssl req -x509` (CA:FALSE, serverAuth).
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse::state::Snapshot;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::Algorithm;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+const A_CERT: &str = include_str!("data/tls/a.cert.pem");
+const A_KEY: &str = include_str!("data/tls/a.key.pem");
+const B_CERT: &str = include_str!("data/tls/b.cert.pem");
+const B_KEY: &str = include_str!("data/tls/b.key.pem");
+
+const TLS: &str = "tls = { cert = \"cert.pem\", key = \"key.pem\" }";
+
+fn tls_config(upstream: std::net::SocketAddr) -> String {
+    config_with(
+        upstream,
+        "[[routes]]\npath_prefix = \"/\"\nupstream = \"up\"\n",
+    )
+    .replacen(
+        "[server]\n",
+        &format!("[server]\n{TLS}\nheader_read_timeout = \"1s\"\n"),
+        1,
+    )
+}
+
+async fn tls_gateway(upstream: std::net::SocketAddr) -> TestGateway {
+    TestGateway::start_with_files(
+        &tls_config(upstream),
+        &[("cert.pem", A_CERT), ("key.pem", A_KEY)],
+    )
+    .await
+}
+
+/// A TLS client that trusts only `cert` and offers `alpn`.
+fn connector(cert: &str, alpn: &[u8]) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(cert.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn handshake(gw: &TestGateway, cert: &str, alpn: &[u8]) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(gw.addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    connector(cert, alpn).connect(name, tcp).await
+}
+
+fn get_x() -> Request<Empty<Bytes>> {
+    let token = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
+    Request::get("https://localhost/x")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// The upstream's echo of the request as JSON.
+async fn echo(rsp: hyper::Response<hyper::body::Incoming>) -> serde_json::Value {
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_over_http1_and_h2_reaches_the_upstream_as_https() {
+    let up = TestUpstream::start().await;
+    let gw = tls_gateway(up.addr).await;
+
+    let tls = handshake(&gw, A_CERT, b"http/1.1").await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rsp = sender.send_request(get_x()).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(rsp.version(), Version::HTTP_11);
+    let seen = echo(rsp).await;
+    assert_eq!(seen["headers"]["x-forwarded-proto"][0], "https");
+    assert_eq!(seen["headers"]["x-auth-subject"][0], "alice");
+
+    let tls = handshake(&gw, A_CERT, b"h2").await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let rsp = sender.send_request(get_x()).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(rsp.version(), Version::HTTP_2);
+    let seen = echo(rsp).await;
+    assert_eq!(seen["headers"]["x-forwarded-proto"][0], "https");
+    assert_eq!(seen["headers"]["x-auth-subject"][0], "alice");
+
+    // The client's own X-Forwarded-Proto is replaced (it is no trusted proxy).
+    let tls = handshake(&gw, A_CERT, b"http/1.1").await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = get_x();
+    req.headers_mut()
+        .insert("x-forwarded-proto", "gopher".parse().unwrap());
+    let seen = echo(sender.send_request(req).await.unwrap()).await;
+    assert_eq!(seen["headers"]["x-forwarded-proto"][0], "https");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_on_a_tls_listener_gets_no_answer() {
+    let up = TestUpstream::start().await;
+    let gw = tls_gateway(up.addr).await;
+    let reply = raw(gw.addr, b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(!reply.contains("HTTP/1.1"), "{reply:?}");
+    assert_eq!(up.hits(), 0);
+    // A client that trusts another certificate does not get through.
+    assert!(handshake(&gw, B_CERT, b"http/1.1").await.is_err());
+}
+
+/// A client that connects and never finishes its handshake is cut off
+/// after `header_read_timeout`, as a plain client that sends nothing is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_cut_off_after_header_read_timeout() {
+    let up = TestUpstream::start().await;
+    let gw = tls_gateway(up.addr).await;
+    let started = Instant::now();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // Three bytes of a TLS record header, then nothing.
+    s.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the connection was still open after 8 s");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+/// A reload that names another certificate serves it to the handshakes
+/// that follow (certificate rotation without a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_replaces_the_certificate() {
+    let up = TestUpstream::start().await;
+    let gw = tls_gateway(up.addr).await;
+    assert!(handshake(&gw, A_CERT, b"http/1.1").await.is_ok());
+    std::fs::write(gw.dir.path().join("b.cert.pem"), B_CERT).unwrap();
+    std::fs::write(gw.dir.path().join("b.key.pem"), B_KEY).unwrap();
+    let config = tls_config(up.addr)
+        .replace("\"cert.pem\"", "\"b.cert.pem\"")
+        .replace("\"key.pem\"", "\"b.key.pem\"");
+    let path = write_config(gw.dir.path(), &config);
+    gw.shared.store_snapshot(Snapshot::load(&path).unwrap());
+    assert!(handshake(&gw, A_CERT, b"http/1.1").await.is_err());
+    let tls = handshake(&gw, B_CERT, b"http/1.1").await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(
+        sender.send_request(get_x()).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn bad_certificate_files_are_refused_at_load_with_their_line() {
+    let up = TestUpstream::start().await;
+    let config = tls_config(up.addr);
+    let line = config.lines().position(|l| l.starts_with("tls =")).unwrap() + 1;
+    for (files, message) in [
+        (
+            vec![("cert.pem", A_CERT), ("key.pem", B_KEY)],
+            "does not belong to the certificate",
+        ),
+        (
+            vec![("cert.pem", "not a certificate"), ("key.pem", A_KEY)],
+            "no CERTIFICATE",
+        ),
+        (
+            vec![("cert.pem", A_CERT), ("key.pem", A_CERT)],
+            "no PEM private key",
+        ),
+        (vec![("cert.pem", A_CERT)], "cannot read"),
+    ] {
+        let err = match TestGateway::try_start_with_files(&config, &files).await {
+            Ok(_) => panic!("{message}: started"),
+            Err(e) => e,
+        };
+        assert!(err.contains(message), "{message}: {err}");
+        assert!(
+            err.contains(&format!("gateway.toml:{line}:")),
+            "{message}: {err}"
+        );
+    }
+}
