@@ -1,6 +1,9 @@
 //! The one body type the gateway speaks, and small constructors for it.
 
+use std::any::Any;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -8,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -34,18 +37,55 @@ where
     body.map_err(Into::into).boxed()
 }
 
-/// A body that fails once `deadline` has passed before it ended: the
-/// `request_timeout` on a client that sends its body too slowly.
+/// A request body on its way to the upstream that fails once it has kept
+/// the gateway waiting on the client for `request_timeout` in all: the
+/// `request_timeout` on a client that sends its body too slowly. Only time
+/// spent asking the client for more counts: while the upstream is being
+/// connected to, or reads slowly (hyper then does not ask), the budget
+/// stands still, so a slow upstream never makes a fast client look slow.
 pub struct Deadline<B> {
     inner: B,
-    sleep: Pin<Box<Sleep>>,
+    /// Waiting time left.
+    left: Duration,
+    /// Since when the client has been waited on, if it is now.
+    since: Option<Instant>,
+    /// Armed to fire when `left` runs out, while waiting.
+    sleep: Option<Pin<Box<Sleep>>>,
+    state: Arc<BodyState>,
+    _hold: Option<Hold>,
 }
 
+/// What the upstream exchange may ask of its request body.
+#[derive(Default)]
+pub struct BodyState {
+    waiting_on_client: AtomicBool,
+}
+
+impl BodyState {
+    /// The body is stuck on the client: it was asked for more and the
+    /// client has not sent it. When the upstream times out meanwhile, the
+    /// client is the one to blame (408, not 504).
+    pub fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(Ordering::Relaxed)
+    }
+}
+
+/// Something a request body keeps alive until it is dropped: the server
+/// puts an HTTP/2 stream's open count in the request's extensions (see
+/// `server::idle`), so an upload that outlasts its response keeps its
+/// connection.
+#[derive(Clone)]
+pub struct Hold(pub Arc<dyn Any + Send + Sync>);
+
 impl<B> Deadline<B> {
-    pub fn new(inner: B, timeout: Duration) -> Self {
+    pub fn new(inner: B, timeout: Duration, state: Arc<BodyState>, hold: Option<Hold>) -> Self {
         Deadline {
             inner,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            left: timeout,
+            since: None,
+            sleep: None,
+            state,
+            _hold: hold,
         }
     }
 }
@@ -66,10 +106,26 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            if let Some(since) = this.since.take() {
+                this.left = this.left.saturating_sub(since.elapsed());
+                this.state.waiting_on_client.store(false, Ordering::Relaxed);
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        match self.sleep.as_mut().poll(cx) {
+        if this.since.is_none() {
+            let now = Instant::now();
+            this.since = Some(now);
+            this.state.waiting_on_client.store(true, Ordering::Relaxed);
+            let until = now + this.left;
+            match &mut this.sleep {
+                Some(sleep) => sleep.as_mut().reset(until),
+                None => this.sleep = Some(Box::pin(tokio::time::sleep_until(until))),
+            }
+        }
+        let sleep = this.sleep.as_mut().expect("armed while waiting");
+        match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout.into()))),
             Poll::Pending => Poll::Pending,
         }

@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
 use hyper::body::{Body as _, Incoming};
 
 use crate::auth::{BearerToken, LastToken, VerifiedClaims, bearer};
-use crate::body::{self, Body, Deadline};
+use crate::body::{self, Body, BodyState, Deadline, Hold};
 use crate::config::AuthMode;
 use crate::error::GatewayError;
 use crate::routes::Route;
@@ -137,15 +137,17 @@ async fn handle_inner<'s>(
         guard: peer.guard.clone(),
         on: hyper::upgrade::on(&mut req),
     });
-    let timeout = snap.config.server.request_timeout;
-    let req = req.map(|b| {
-        if b.is_end_stream() {
-            // Nothing to stream (a GET, `Content-Length: 0`): no box at all.
-            body::empty()
-        } else {
-            body::stream(Deadline::new(b, timeout))
-        }
-    });
+    let mut client_body = None;
+    let req = if req.body().is_end_stream() {
+        // Nothing to stream (a GET, `Content-Length: 0`): no box at all.
+        req.map(|_| body::empty())
+    } else {
+        let timeout = snap.config.server.request_timeout;
+        let hold = req.extensions_mut().remove::<Hold>();
+        let state = Arc::new(BodyState::default());
+        client_body = Some(Arc::clone(&state));
+        req.map(|b| body::stream(Deadline::new(b, timeout, state, hold)))
+    };
     let started = ctx.timed.then(Instant::now);
     let timer = &peer.upstream_timer;
     let rsp = forward::forward(
@@ -156,6 +158,7 @@ async fn handle_inner<'s>(
         path_and_query,
         upgrade,
         timer,
+        client_body.as_deref(),
     )
     .await;
     ctx.upstream_time = started.map(|t| t.elapsed());

@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::Hold;
 use crate::error::GatewayError;
 use crate::metrics::OpenConnection;
 use crate::proxy::Peer;
@@ -272,7 +273,7 @@ fn spawn_connection(
             }
         };
         match served {
-            None => tracing::debug!(%peer, "closed: no open stream within header_read_timeout"),
+            None => tracing::debug!(%peer, "dropped: idle, or not closed after GOAWAY"),
             Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
             Some(Ok(())) => {}
         }
@@ -325,14 +326,17 @@ where
     let limit = settings.header_read_timeout;
     let io = TokioIo::new(stream);
     if h2 {
-        // Each stream is counted open until its response body is dropped,
-        // and the connection closed once none has been open for
-        // `header_read_timeout` (hyper's h2 server has no idle limit).
+        // Each stream is counted open until its response body (and its
+        // request body, if proxied) is dropped, and the connection closed
+        // once none has been open for `header_read_timeout` (hyper's h2
+        // server has no idle limit).
         let streams = Streams::new();
         let counted = {
             let streams = Arc::clone(&streams);
-            service_fn(move |req| {
-                let stream = streams.open();
+            service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                let stream = Arc::new(streams.open());
+                let hold = Arc::clone(&stream) as Arc<dyn std::any::Any + Send + Sync>;
+                req.extensions_mut().insert(Hold(hold));
                 let rsp = svc.call(req);
                 async move {
                     let Ok(rsp) = rsp.await;

@@ -398,12 +398,17 @@ async fn a_request_slower_than_header_read_timeout_still_gets_its_answer() {
 /// A gateway whose `request_timeout` is one second (and whose upstream
 /// timeout is long enough not to matter).
 async fn body_impatient_gateway(up: &TestUpstream) -> TestGateway {
+    body_impatient_gateway_to(up.addr, "60s").await
+}
+
+/// The same, in front of `upstream`, whose timeout is `timeout`.
+async fn body_impatient_gateway_to(upstream: std::net::SocketAddr, timeout: &str) -> TestGateway {
     let config = config_with(
-        up.addr,
+        upstream,
         "[[routes]]\npath_prefix = \"/\"\nupstream = \"up\"\nauth = \"none\"\n",
     )
     .replacen("[server]\n", "[server]\nrequest_timeout = \"1s\"\n", 1)
-    .replace("timeout = \"2s\"", "timeout = \"60s\"");
+    .replace("timeout = \"2s\"", &format!("timeout = \"{timeout}\""));
     TestGateway::start(&config).await
 }
 
@@ -509,9 +514,11 @@ async fn an_idle_h2c_connection_is_closed_after_header_read_timeout() {
         closed.is_ok(),
         "the h2c connection was still open after 8 s"
     );
+    // The server's idle clock starts a little before the answer reaches
+    // the client: a loose lower bound.
     let idle = answered.elapsed();
     assert!(
-        idle >= Duration::from_millis(900),
+        idle >= Duration::from_millis(700),
         "closed {idle:?} after the answer, before header_read_timeout"
     );
 }
@@ -546,4 +553,122 @@ async fn an_h2c_response_longer_than_header_read_timeout_arrives_whole() {
         .unwrap()
         .to_bytes();
     assert_eq!(rest, "second");
+}
+
+/// With `request_timeout` equal to the upstream's `timeout` (as by
+/// default) both timers run out together; a body stuck on the client is
+/// still the client's fault: 408 every time, never 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_when_both_timeouts_are_equal() {
+    let up = TestUpstream::start().await;
+    let gw = body_impatient_gateway_to(up.addr, "1s").await;
+    let stalled = (0..6).map(|_| {
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                b"POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 100\r\n\r\n0123456789",
+            )
+            .await
+            .unwrap();
+            read_until_closed(&mut s).await
+        })
+    });
+    for task in stalled.collect::<Vec<_>>() {
+        let reply = task.await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+    }
+}
+
+/// An upstream that reads its request body only after `delay`, then
+/// answers how many bytes came.
+async fn late_reading_upstream(delay: Duration) -> std::net::SocketAddr {
+    serve_upstream(move |req: Request<Incoming>| async move {
+        tokio::time::sleep(delay).await;
+        let n = req.into_body().collect().await.unwrap().to_bytes().len();
+        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+            n.to_string(),
+        ))))
+    })
+    .await
+}
+
+/// The client sends its whole body at once, but the upstream reads it
+/// only after twice `request_timeout`: the time spent waiting on the
+/// upstream is not the client's, so no 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reading_upstream_does_not_make_a_fast_client_time_out() {
+    let upstream = late_reading_upstream(Duration::from_secs(2)).await;
+    let gw = body_impatient_gateway_to(upstream, "60s").await;
+    let body = Bytes::from(vec![b'x'; 16 * MIB]);
+    let r = send(http::Method::POST, &gw.url("/upload"), &[], body).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, (16 * MIB).to_string());
+}
+
+/// An upstream that answers at once and reads the request body after, on
+/// its own; `got` reports how many bytes came in the end.
+async fn answer_first_upstream(got: mpsc::Sender<usize>) -> std::net::SocketAddr {
+    serve_upstream(move |req: Request<Incoming>| {
+        let got = got.clone();
+        async move {
+            tokio::spawn(async move {
+                let n = match req.into_body().collect().await {
+                    Ok(b) => b.to_bytes().len(),
+                    Err(_) => 0,
+                };
+                let _ = got.send(n).await;
+            });
+            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from("ok"))))
+        }
+    })
+    .await
+}
+
+/// An h2c upload that goes on after its response has ended keeps its
+/// stream, and so its connection, open: the idle close must not cut it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upload_outlasting_its_response_keeps_the_connection() {
+    let (got_tx, mut got) = mpsc::channel(1);
+    let upstream = answer_first_upstream(got_tx).await;
+    let config = config_with(
+        upstream,
+        "[[routes]]\npath_prefix = \"/\"\nupstream = \"up\"\nauth = \"none\"\n",
+    )
+    .replacen("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n", 1)
+    .replace("timeout = \"2s\"", "timeout = \"60s\"");
+    let gw = TestGateway::start(&config).await;
+
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let body = StreamBody::new(futures_core_stream::from_fn(move |cx| rx.poll_recv(cx)));
+    let req = Request::post(gw.url("/upload")).body(body).unwrap();
+    let rsp = sender.send_request(req);
+    tx.send(Ok(Frame::data(Bytes::from("x".repeat(1024)))))
+        .await
+        .unwrap();
+    let rsp = tokio::time::timeout(Duration::from_secs(10), rsp)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    let answer = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(answer, "ok");
+    // The response is over; the upload goes on for three times the limit.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tx.send(Ok(Frame::data(Bytes::from("x".repeat(1024)))))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    let n = tokio::time::timeout(Duration::from_secs(10), got.recv())
+        .await
+        .expect("the upstream finished reading")
+        .unwrap();
+    assert_eq!(n, 7 * 1024, "the upload was cut off");
 }

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::headers::strip_hop_by_hop;
 use super::pool::{ConnectError, Pool, Pooled};
 use super::upstream::Upstream;
-use crate::body::{self, Body};
+use crate::body::{self, Body, BodyState};
 use crate::config::Target;
 use crate::error::GatewayError;
 use crate::timer::SleepSlot;
@@ -33,10 +33,15 @@ pub struct Upgrade {
     pub guard: ConnGuard,
 }
 
-/// Sends `req` (headers already rewritten) to `target` of `upstream`.
+/// Sends `req` (headers already rewritten) to `target` of `upstream`;
+/// `client_body` is the state of its body, when it has one.
 ///
 /// # Errors
-/// `UpstreamConnect` (502) or `UpstreamTimeout` (504).
+/// `UpstreamConnect` (502) or `UpstreamTimeout` (504); `RequestTimeout`
+/// (408) or `BadRequest` when the client's body failed.
+// Each argument is one thing the exchange needs; a struct made only to
+// carry them to this one call would say less.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     mut req: Request<Body>,
     upstream: &Upstream,
@@ -45,6 +50,7 @@ pub async fn forward(
     path_and_query: PathAndQuery,
     downstream_upgrade: Option<Upgrade>,
     timer: &Arc<SleepSlot>,
+    client_body: Option<&BodyState>,
 ) -> Result<Response<Body>, GatewayError> {
     // HTTP/1.1 upstreams get the origin form and a Host.
     *req.uri_mut() = Uri::from(path_and_query);
@@ -66,6 +72,13 @@ pub async fn forward(
         )
         .await;
     let (mut rsp, sender) = match sent {
+        // The upstream had no answer in time, but it was waiting for a
+        // body the client stopped sending: the client's fault, whichever
+        // of the two timers fired first.
+        Err(_elapsed) if client_body.is_some_and(BodyState::waiting_on_client) => {
+            tracing::debug!(target = %authority, "the client's request body stalled");
+            return Err(GatewayError::RequestTimeout);
+        }
         Err(_elapsed) => {
             tracing::warn!(upstream = %upstream.name, target = %authority, "upstream timed out");
             return Err(GatewayError::UpstreamTimeout);

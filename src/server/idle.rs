@@ -15,8 +15,10 @@
 //!   within one more `header_read_timeout`.
 //!
 //! A stream counts as open from the moment hyper hands its request to the
-//! service until hyper drops the response body (sent whole, or reset): a
-//! slow upstream or a long download keeps the connection, as a slow
+//! service until hyper has dropped both its response body (all of it
+//! queued for sending, or the stream reset) and, when the request is
+//! proxied, its request body: a slow upstream, a long download or an
+//! upload that outlasts its response keeps the connection, as a slow
 //! HTTP/1.1 exchange does.
 
 use std::future::Future;
@@ -83,14 +85,15 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A response body that keeps its stream counted open until hyper drops it.
+/// A response body that keeps its stream counted open until hyper drops it
+/// (the request body holds it too: see `body::Hold`).
 pub struct Tracked {
     inner: Body,
-    _stream: StreamGuard,
+    _stream: Arc<StreamGuard>,
 }
 
 impl Tracked {
-    pub fn body(inner: Body, stream: StreamGuard) -> Body {
+    pub fn body(inner: Body, stream: Arc<StreamGuard>) -> Body {
         Body::new(Tracked {
             inner,
             _stream: stream,
