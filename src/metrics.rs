@@ -59,6 +59,9 @@ pub struct Gauges {
     /// Entries in the current snapshot's verified-claims cache (moka's
     /// estimate).
     pub cache_entries: u64,
+    /// Each `http://` target of each upstream: `(upstream, target, in)`,
+    /// `in` while it takes requests.
+    pub targets: Vec<(String, String, bool)>,
 }
 
 impl Metrics {
@@ -158,6 +161,21 @@ impl Metrics {
             "Verified tokens held in the cache now (an estimate).",
             gauges.cache_entries,
         );
+        header(
+            w,
+            "gatehouse_upstream_target_up",
+            "gauge",
+            "1 while an upstream target takes requests: not skipped after a refused connection, not out by health check.",
+        );
+        for (upstream, target, up) in &gauges.targets {
+            let _ = writeln!(
+                w,
+                "gatehouse_upstream_target_up{{upstream=\"{}\",target=\"{}\"}} {}",
+                escape(upstream),
+                escape(target),
+                u8::from(*up)
+            );
+        }
         metric(
             w,
             "gatehouse_connections_accepted_total",
@@ -237,6 +255,18 @@ fn metric(w: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     let _ = writeln!(w, "{name} {value}");
 }
 
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
 /// `VmRSS` of `/proc/self/status`, in bytes; `None` off Linux.
 fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -276,7 +306,10 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let text = m.render(&Gauges { cache_entries: 7 });
+        let text = m.render(&Gauges {
+            cache_entries: 7,
+            targets: Vec::new(),
+        });
         let n = (SHARDS + 3) as u64;
         assert_eq!(
             value(&text, "gatehouse_responses_total{code=\"200\"}"),
@@ -315,7 +348,10 @@ mod tests {
         m.response(StatusCode::from_u16(599).unwrap());
         m.response(StatusCode::from_u16(600).unwrap());
         m.response(StatusCode::from_u16(999).unwrap());
-        let text = m.render(&Gauges { cache_entries: 0 });
+        let text = m.render(&Gauges {
+            cache_entries: 0,
+            targets: Vec::new(),
+        });
         assert_eq!(
             value(&text, "gatehouse_responses_total{code=\"100\"}"),
             Some(1)
@@ -334,15 +370,48 @@ mod tests {
         let a = m.connection_opened();
         let b = m.connection_opened();
         drop(a);
-        let text = m.render(&Gauges { cache_entries: 0 });
+        let text = m.render(&Gauges {
+            cache_entries: 0,
+            targets: Vec::new(),
+        });
         assert_eq!(
             value(&text, "gatehouse_connections_accepted_total"),
             Some(2)
         );
         assert_eq!(value(&text, "gatehouse_connections_open"), Some(1));
         drop(b);
-        let text = m.render(&Gauges { cache_entries: 0 });
+        let text = m.render(&Gauges {
+            cache_entries: 0,
+            targets: Vec::new(),
+        });
         assert_eq!(value(&text, "gatehouse_connections_open"), Some(0));
+    }
+
+    #[test]
+    fn targets_are_listed_with_escaped_labels() {
+        let m = Metrics::default();
+        let gauges = Gauges {
+            cache_entries: 0,
+            targets: vec![
+                ("api".into(), "127.0.0.1:9000".into(), true),
+                ("we\"ird\\name\n".into(), "10.0.0.1:80".into(), false),
+            ],
+        };
+        let text = m.render(&gauges);
+        assert_eq!(
+            value(
+                &text,
+                "gatehouse_upstream_target_up{upstream=\"api\",target=\"127.0.0.1:9000\"}"
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "gatehouse_upstream_target_up{upstream=\"we\\\"ird\\\\name\\n\",target=\"10.0.0.1:80\"}"
+            ),
+            Some(0)
+        );
     }
 
     #[test]
@@ -351,7 +420,10 @@ mod tests {
         m.response(StatusCode::OK);
         m.reload(true);
         m.reload(false);
-        let text = m.render(&Gauges { cache_entries: 0 });
+        let text = m.render(&Gauges {
+            cache_entries: 0,
+            targets: Vec::new(),
+        });
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(

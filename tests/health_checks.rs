@@ -112,6 +112,13 @@ async fn a_target_failing_its_health_check_leaves_the_round_robin_and_comes_back
         0,
         "b still served while failing"
     );
+    let admin = gw.admin().await;
+    let up = |t: std::net::SocketAddr| {
+        format!("gatehouse_upstream_target_up{{upstream=\"pool\",target=\"{t}\"}}")
+    };
+    let text = scrape(admin).await;
+    assert_eq!(metric(&text, &up(a.addr)), Some(1), "{text}");
+    assert_eq!(metric(&text, &up(b_addr)), Some(0), "{text}");
     let (host, agent) = b.last_probe.lock().unwrap().clone().unwrap();
     assert_eq!(host, b_addr.to_string());
     assert_eq!(agent, "gatehouse-health-check");
@@ -121,6 +128,7 @@ async fn a_target_failing_its_health_check_leaves_the_round_robin_and_comes_back
     let now = b.probes();
     probes_after(&b, now, 3).await;
     assert_eq!(share_of(&gw, &b, &a, 10).await, 5, "round-robin again");
+    assert_eq!(metric(&scrape(admin).await, &up(b_addr)), Some(1));
 }
 
 /// A target that refuses connections is taken out by its probes before any

@@ -3,13 +3,10 @@
 //! text format. (Reload counts: `tests/cli.rs`, through the binary.)
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse::server::admin::{self, Health};
 use jsonwebtoken::Algorithm;
 use support::*;
-use tokio::net::TcpListener;
 
 const ROUTES: &str = r#"
 [[routes]]
@@ -26,40 +23,32 @@ auth = "none"
 async fn gateway() -> (TestUpstream, TestGateway, std::net::SocketAddr) {
     let up = TestUpstream::start().await;
     let gw = TestGateway::start(&config_with(up.addr, ROUTES)).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let health = Arc::new(Health::default());
-    tokio::spawn(admin::serve(listener, health, Arc::clone(&gw.shared)));
-    (up, gw, addr)
+    let admin = gw.admin().await;
+    (up, gw, admin)
 }
 
-async fn scrape(admin: std::net::SocketAddr) -> String {
+/// The content type Prometheus expects of a scrape.
+#[tokio::test]
+async fn metrics_are_served_as_prometheus_text() {
+    let (_up, gw, admin) = gateway().await;
     let r = get(&format!("http://{admin}/metrics"), &[]).await;
-    assert_eq!(r.status, 200);
     assert_eq!(
         r.headers["content-type"],
         "text/plain; version=0.0.4; charset=utf-8"
     );
-    String::from_utf8(r.body.to_vec()).unwrap()
-}
-
-/// The value of `series` (name and labels, as written), if present.
-fn value(text: &str, series: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
+    drop(gw);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_and_cache_lookups_are_counted() {
-    let (_up, gw, admin) = gateway().await;
+    let (up, gw, admin) = gateway().await;
     let before = scrape(admin).await;
     assert_eq!(
-        value(&before, "gatehouse_responses_total{code=\"200\"}"),
+        metric(&before, "gatehouse_responses_total{code=\"200\"}"),
         None
     );
     assert_eq!(
-        value(
+        metric(
             &before,
             "gatehouse_token_cache_requests_total{result=\"miss\"}"
         ),
@@ -83,45 +72,50 @@ async fn responses_and_cache_lookups_are_counted() {
 
     let text = scrape(admin).await;
     assert_eq!(
-        value(&text, "gatehouse_responses_total{code=\"200\"}"),
+        metric(&text, "gatehouse_responses_total{code=\"200\"}"),
         Some(4)
     );
     assert_eq!(
-        value(&text, "gatehouse_responses_total{code=\"401\"}"),
+        metric(&text, "gatehouse_responses_total{code=\"401\"}"),
         Some(2)
     );
     assert_eq!(
-        value(&text, "gatehouse_responses_total{code=\"404\"}"),
+        metric(&text, "gatehouse_responses_total{code=\"404\"}"),
         Some(1)
     );
     assert_eq!(
-        value(
+        metric(
             &text,
             "gatehouse_token_cache_requests_total{result=\"hit\"}"
         ),
         Some(2)
     );
     assert_eq!(
-        value(
+        metric(
             &text,
             "gatehouse_token_cache_requests_total{result=\"miss\"}"
         ),
         Some(2)
     );
-    assert!(value(&text, "gatehouse_token_cache_entries").is_some());
+    assert!(metric(&text, "gatehouse_token_cache_entries").is_some());
+    let target = format!(
+        "gatehouse_upstream_target_up{{upstream=\"up\",target=\"{}\"}}",
+        up.addr
+    );
+    assert_eq!(metric(&text, &target), Some(1), "{text}");
     // Six connections: `conn`, and one per `get`.
     assert_eq!(
-        value(&text, "gatehouse_connections_accepted_total"),
+        metric(&text, "gatehouse_connections_accepted_total"),
         Some(6)
     );
     assert!(
-        value(&text, "gatehouse_connections_open").unwrap() >= 1,
+        metric(&text, "gatehouse_connections_open").unwrap() >= 1,
         "{text}"
     );
     drop(conn);
     let mut open = None;
     for _ in 0..50 {
-        open = value(&scrape(admin).await, "gatehouse_connections_open");
+        open = metric(&scrape(admin).await, "gatehouse_connections_open");
         if open == Some(0) {
             break;
         }
@@ -132,7 +126,7 @@ async fn responses_and_cache_lookups_are_counted() {
         Some(0),
         "connections still counted open after they closed"
     );
-    assert!(value(&text, "process_start_time_seconds").unwrap() > 1_700_000_000);
+    assert!(metric(&text, "process_start_time_seconds").unwrap() > 1_700_000_000);
 }
 
 /// A response the gateway makes itself before any route (Content-Length
@@ -148,7 +142,7 @@ async fn the_gateways_own_refusals_are_counted() {
     assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
     let text = scrape(admin).await;
     assert_eq!(
-        value(&text, "gatehouse_responses_total{code=\"400\"}"),
+        metric(&text, "gatehouse_responses_total{code=\"400\"}"),
         Some(1)
     );
 }

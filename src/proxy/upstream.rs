@@ -102,6 +102,19 @@ impl Upstream {
         (i, &self.targets[i].target)
     }
 
+    /// Each `http://` target and whether it takes requests now (neither
+    /// ejected nor down), for `/metrics`.
+    pub fn target_states(&self) -> impl Iterator<Item = (String, bool)> + '_ {
+        let now = self.now_ms();
+        self.targets.iter().filter_map(move |t| match &t.target {
+            Target::Echo => None,
+            Target::Http { authority } => {
+                let ejected = t.ejected_until.load(Ordering::Relaxed) > now;
+                Some((authority.to_string(), !ejected && !t.down.is_down()))
+            }
+        })
+    }
+
     /// The keep-alive connections of target `i`.
     pub fn pool(&self, i: usize) -> &Arc<Pool> {
         &self.targets[i].pool

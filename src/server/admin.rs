@@ -63,8 +63,17 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, shared: Shared) {
 
 fn respond(req: &Request<Incoming>, health: &Health, shared: &Shared) -> Response<Body> {
     if req.uri().path() == "/metrics" {
+        let snap = shared.load();
         let gauges = Gauges {
-            cache_entries: shared.load().cache.entry_count(),
+            cache_entries: snap.cache.entry_count(),
+            targets: snap
+                .upstreams
+                .iter()
+                .flat_map(|u| {
+                    u.target_states()
+                        .map(|(target, up)| (u.name.clone(), target, up))
+                })
+                .collect(),
         };
         let mut rsp = Response::new(body::full(shared.metrics.render(&gauges)));
         rsp.headers_mut().insert(

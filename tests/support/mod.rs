@@ -219,6 +219,17 @@ impl TestGateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Serves this gateway's admin endpoints (`/metrics`) on a listener of
+    /// their own; returns its address.
+    pub async fn admin(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let health = Arc::new(Health::default());
+        let serve = gatehouse::server::admin::serve(listener, health, Arc::clone(&self.shared));
+        tokio::spawn(serve);
+        addr
+    }
+
     /// Tokens that reached a signature check (cache hits do not).
     pub fn signature_checks(&self) -> u64 {
         self.shared.load().verifier.signature_checks()
@@ -292,6 +303,20 @@ auth = "none"
 "#,
         targets.join(", ")
     )
+}
+
+/// `/metrics` of the admin listener at `admin`, as text.
+pub async fn scrape(admin: SocketAddr) -> String {
+    let r = get(&format!("http://{admin}/metrics"), &[]).await;
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body.to_vec()).unwrap()
+}
+
+/// The value of `series` (name and labels, as written) in a scrape.
+pub fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
 }
 
 // === the upstream ===
