@@ -87,7 +87,7 @@ pub async fn serve(
         Endpoint::Me => me(&req, gw, snap),
         Endpoint::Verify => verify(&req, gw, snap, peer),
         Endpoint::Jwks => Ok(public_json(&crate::auth::jwks::jwks(&snap.keys))),
-        Endpoint::OpenIdConfiguration => Ok(openid_configuration(&req, snap)),
+        Endpoint::OpenIdConfiguration => Ok(openid_configuration(&req, snap, peer)),
     };
     answer.unwrap_or_else(GatewayError::into_response)
 }
@@ -184,6 +184,26 @@ fn verify(
     Ok(rsp)
 }
 
+/// Whether the client's request reached us over TLS: on this connection,
+/// or at a trusted proxy in front that says so in `X-Forwarded-Proto`.
+fn came_over_tls(req: &Request<Incoming>, snap: &Snapshot, peer: &Peer) -> bool {
+    if peer.https {
+        return true;
+    }
+    let ip = peer.addr.ip();
+    let trusted = snap
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(ip));
+    trusted
+        && req
+            .headers()
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
 /// A document anyone may read and caches may keep for a few minutes.
 fn public_json(value: &serde_json::Value) -> Response<Body> {
     let mut rsp = json_response(StatusCode::OK, value);
@@ -196,15 +216,23 @@ fn public_json(value: &serde_json::Value) -> Response<Body> {
 
 /// OpenID Connect Discovery 1.0 §3 (the parts that apply to a token
 /// issuer without an authorization endpoint). URLs are built from the
-/// request's `Host` when `[tokens] issuer` is not itself a URL.
-fn openid_configuration(req: &Request<Incoming>, snap: &Snapshot) -> Response<Body> {
+/// request's `Host` when `[tokens] issuer` is not itself a URL, with
+/// `https` when the client came over TLS, here or (as a trusted proxy's
+/// `X-Forwarded-Proto` says) in front: a client that follows
+/// `token_endpoint` must not be sent to plain HTTP with a password.
+fn openid_configuration(req: &Request<Incoming>, snap: &Snapshot, peer: &Peer) -> Response<Body> {
     let issuer = &snap.config.tokens.issuer;
     let from_issuer = issuer.starts_with("https://") || issuer.starts_with("http://");
     let base = if from_issuer {
         issuer.trim_end_matches('/').to_string()
     } else {
         let host = crate::proxy::host(req).unwrap_or("localhost");
-        format!("http://{host}")
+        let scheme = if came_over_tls(req, snap, peer) {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}")
     };
     let algs: Vec<String> = snap
         .keys

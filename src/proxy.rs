@@ -42,7 +42,7 @@ pub struct Peer {
     /// takes a clone along.
     guard: forward::ConnGuard,
     /// The connection is TLS: `X-Forwarded-Proto: https`.
-    https: bool,
+    pub(crate) https: bool,
 }
 
 impl Peer {

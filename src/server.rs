@@ -251,8 +251,11 @@ fn spawn_connection(
                 serve_http(stream, framing, h2, ctx).await
             }
             Some(acceptor) => {
+                // Boxed: the handshake's state (1.3 KB) would otherwise
+                // widen every plain connection's task too.
+                let accept = Box::pin(tokio::time::timeout(limit, acceptor.accept(stream)));
                 let handshake = tokio::select! {
-                    done = tokio::time::timeout(limit, acceptor.accept(stream)) => done,
+                    done = accept => done,
                     () = drain_started.started() => return,
                 };
                 let stream = match handshake {

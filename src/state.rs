@@ -87,17 +87,29 @@ impl Gateway {
         self.snapshot.load_full()
     }
 
-    /// Replaces the snapshot (SIGHUP).
+    /// Replaces the snapshot (SIGHUP). The new one carries on what the old
+    /// one's health checks found (a target they took out stays out until
+    /// it passes again), and the old one's probes stop.
     pub fn store_snapshot(&self, mut snap: Snapshot) {
         snap.metrics = Arc::clone(&self.metrics);
+        let old = self.snapshot.load_full();
+        for u in &mut snap.upstreams {
+            if let Some(before) = old.upstreams.iter().find(|o| o.name == u.name) {
+                u.carry_health_from(before);
+            }
+        }
         snap.start_background();
         self.snapshot.store(Arc::new(snap));
+        for u in &old.upstreams {
+            u.stop_health_checks();
+        }
     }
 }
 
 impl Snapshot {
     /// Starts what a served snapshot runs in the background (the upstreams'
-    /// health checks), stopping on its own once the snapshot is dropped.
+    /// health checks), stopped by [`Gateway::store_snapshot`] when the
+    /// snapshot is replaced (and, at the latest, when it is dropped).
     fn start_background(&self) {
         for u in &self.upstreams {
             u.start_health_checks();
@@ -111,7 +123,7 @@ impl Snapshot {
     ///
     /// # Errors
     /// Key material that does not parse; a generated key that cannot be read or written.
-    pub fn build(config: Config, persist: bool) -> Result<Snapshot, ConfigErrors> {
+    pub fn build(mut config: Config, persist: bool) -> Result<Snapshot, ConfigErrors> {
         let mut keys = KeySet::build(&config.keys, &config.path).map_err(ConfigErrors)?;
         let mut generated_key = None;
         if keys.signer().is_none() {
@@ -137,15 +149,20 @@ impl Snapshot {
         let cache = ClaimsCache::new(config.cache.max_entries, config.cache.max_ttl);
         let upstreams = config.upstreams.iter().map(Upstream::new).collect();
         let login = config.login.as_ref().map(Login::new).transpose()?;
-        let tls = match &config.server.tls {
+        let tls = match &mut config.server.tls {
             None => None,
-            Some(files) => Some(crate::server::tls::certified_key(files).map_err(|message| {
-                ConfigErrors(vec![Diag {
-                    file: config.path.clone(),
-                    loc: files.loc,
-                    message,
-                }])
-            })?),
+            Some(files) => {
+                let key = crate::server::tls::certified_key(files).map_err(|message| {
+                    ConfigErrors(vec![Diag {
+                        file: config.path.clone(),
+                        loc: files.loc,
+                        message,
+                    }])
+                })?;
+                // rustls holds the key now; the PEM need not stay in memory.
+                files.key_pem = Vec::new();
+                Some(key)
+            }
         };
         Ok(Snapshot {
             login,

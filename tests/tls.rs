@@ -3,8 +3,9 @@
 //! certificate replaced by a reload, and bad files refused at load.
 //!
 //! `tests/data/tls` holds two self-signed test certificates (P-256, for
-//! `localhost` and 127.0.0.1, valid to 2126) and their keys: test material
-//! only, made with `openssl req -x509` (CA:FALSE, serverAuth).
+//! `localhost` and 127.0.0.1, valid from 2026-11-24 to 2126) and their
+//! keys, and the first key encrypted (password `test`): test material only,
+//! made with `openssl req -x509` (CA:FALSE, serverAuth) and `openssl pkcs8`.
 mod support;
 
 use std::sync::Arc;
@@ -208,6 +209,23 @@ async fn bad_certificate_files_are_refused_at_load_with_their_line() {
             "no PEM private key",
         ),
         (vec![("cert.pem", A_CERT)], "cannot read"),
+        (
+            vec![
+                (
+                    "cert.pem",
+                    "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                ),
+                ("key.pem", A_KEY),
+            ],
+            "the first certificate is not usable",
+        ),
+        (
+            vec![
+                ("cert.pem", A_CERT),
+                ("key.pem", include_str!("data/tls/encrypted.key.pem")),
+            ],
+            "encrypted keys are not supported",
+        ),
     ] {
         let err = match TestGateway::try_start_with_files(&config, &files).await {
             Ok(_) => panic!("{message}: started"),
@@ -219,4 +237,53 @@ async fn bad_certificate_files_are_refused_at_load_with_their_line() {
             "{message}: {err}"
         );
     }
+}
+
+/// OpenID discovery built from the request's Host names `https://` URLs
+/// when the client came over TLS: a client that follows `token_endpoint`
+/// must not send a password to plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_over_tls_advertises_https_urls() {
+    let up = TestUpstream::start().await;
+    let gw = tls_gateway(up.addr).await;
+    let tls = handshake(&gw, A_CERT, b"http/1.1").await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/.well-known/openid-configuration")
+        .header("host", "gw.example")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let doc = echo(sender.send_request(req).await.unwrap()).await;
+    assert_eq!(doc["token_endpoint"], "https://gw.example/auth/login");
+    assert_eq!(doc["jwks_uri"], "https://gw.example/.well-known/jwks.json");
+    assert_eq!(doc["userinfo_endpoint"], "https://gw.example/auth/me");
+}
+
+/// Behind a TLS proxy: a trusted proxy's `X-Forwarded-Proto: https` makes
+/// the URLs `https://`; an untrusted client's does not.
+#[tokio::test]
+async fn discovery_behind_a_trusted_tls_proxy_advertises_https_urls() {
+    let up = TestUpstream::start().await;
+    let routes = "[[routes]]\npath_prefix = \"/\"\nupstream = \"up\"\n";
+    let trusting = config_with(up.addr, routes).replacen(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        1,
+    );
+    let endpoint = |doc: &serde_json::Value| doc["token_endpoint"].as_str().unwrap().to_string();
+    let path = "/.well-known/openid-configuration";
+    let gw = TestGateway::start(&trusting).await;
+    let doc = get(&gw.url(path), &[("x-forwarded-proto", "https")])
+        .await
+        .json();
+    assert!(endpoint(&doc).starts_with("https://"), "{doc}");
+    let doc = get(&gw.url(path), &[]).await.json();
+    assert!(endpoint(&doc).starts_with("http://"), "{doc}");
+    let gw = TestGateway::start(&config_with(up.addr, routes)).await;
+    let doc = get(&gw.url(path), &[("x-forwarded-proto", "https")])
+        .await
+        .json();
+    assert!(endpoint(&doc).starts_with("http://"), "untrusted: {doc}");
 }

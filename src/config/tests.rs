@@ -105,8 +105,9 @@ fn cidrs_match_v4_v6_and_mapped_addresses() {
 
 #[test]
 fn health_checks_parse_with_a_default_interval_and_refuse_bad_values() {
-    let with =
+    let echo_with =
         |hc: &str| UPSTREAM.replace("targets = [", &format!("health_check = {hc}\ntargets = ["));
+    let with = |hc: &str| echo_with(hc).replace("builtin:echo", "http://127.0.0.1:9000");
     let c = check(&with(r#"{ path = "/healthz" }"#)).unwrap();
     let hc = c.upstreams[0].health_check.as_ref().unwrap();
     assert_eq!(hc.path, "/healthz");
@@ -138,4 +139,8 @@ fn health_checks_parse_with_a_default_interval_and_refuse_bad_values() {
             "{bad}: points at the line: {errs:?}"
         );
     }
+    // Only builtin:echo: nothing to probe.
+    let errs = check(&echo_with(r#"{ path = "/h" }"#)).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("needs an http:// target"), "{errs:?}");
 }

@@ -436,6 +436,17 @@ fn upstreams(raw: &[Spanned<RawUpstream>], d: &mut Diags<'_>) -> Vec<UpstreamSpe
             );
         }
         let health_check = u.health_check.as_ref().and_then(|hc| health_check(hc, d));
+        let probed = u
+            .targets
+            .get_ref()
+            .iter()
+            .any(|t| t.get_ref().starts_with("http://"));
+        if let (Some(hc), false) = (&u.health_check, probed) {
+            d.at(
+                Some(&hc.span()),
+                "health_check needs an http:// target to probe (builtin:echo is never probed)",
+            );
+        }
         let targets = u
             .targets
             .get_ref()

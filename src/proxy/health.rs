@@ -12,9 +12,11 @@
 //! on top. When every target is out, requests still go to one (better a
 //! try than a certain 502).
 //!
-//! A probe task lives as long as the snapshot whose upstream it watches: it
-//! holds the target's state weakly and stops once a reload has replaced
-//! the snapshot and the last request on it has finished.
+//! A probe task belongs to the snapshot whose upstream it watches: it stops
+//! at its next tick once a reload has replaced that snapshot (the new
+//! snapshot's probes carry on with the state the old ones found), and holds
+//! the target's state weakly besides. With a single target, the probes
+//! only report (log, `/metrics`): the only target is always tried.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -55,6 +57,8 @@ pub struct Probe {
     pub connect_timeout: Duration,
     /// A probe's answer must come within this (and within `interval`).
     pub timeout: Duration,
+    /// Set when a reload has replaced the snapshot: the task ends.
+    pub retired: Arc<AtomicBool>,
 }
 
 /// Probes `probe`'s target until `down` is dropped with its snapshot.
@@ -68,13 +72,16 @@ async fn watch(probe: Probe, down: Weak<Down>) {
     let mut streak = Streak::default();
     loop {
         tick.tick().await;
-        if down.strong_count() == 0 {
+        if down.strong_count() == 0 || probe.retired.load(Ordering::Relaxed) {
             return;
         }
         let outcome = probe_once(&probe).await;
         let Some(down) = down.upgrade() else {
             return;
         };
+        if probe.retired.load(Ordering::Relaxed) {
+            return;
+        }
         match streak.record(outcome.is_ok(), down.is_down()) {
             Some(true) => {
                 down.set(true);

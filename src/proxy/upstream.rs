@@ -3,7 +3,7 @@
 //! (`super::health`), and a keep-alive pool per target.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::health::{self, Down};
@@ -23,6 +23,8 @@ pub struct Upstream {
     /// The clock the ejection deadlines count from.
     epoch: Instant,
     health_check: Option<HealthCheck>,
+    /// Set when a reload has replaced this upstream: its probes stop.
+    retired: Arc<AtomicBool>,
 }
 
 struct Slot {
@@ -53,7 +55,29 @@ impl Upstream {
             timeout: spec.timeout,
             epoch: Instant::now(),
             health_check: spec.health_check.clone(),
+            retired: Arc::default(),
         }
+    }
+
+    /// Takes over what `before` (this upstream in the snapshot a reload
+    /// replaces) knows of each target still listed: a target its health
+    /// checks took out stays out until this upstream's probes pass it.
+    /// Without a `health_check` here, nothing is carried: no probe would
+    /// ever put the target back.
+    pub fn carry_health_from(&mut self, before: &Upstream) {
+        if self.health_check.is_none() {
+            return;
+        }
+        for slot in self.targets.iter_mut() {
+            if let Some(old) = before.targets.iter().find(|o| o.target == slot.target) {
+                slot.down = Arc::clone(&old.down);
+            }
+        }
+    }
+
+    /// Stops this upstream's probes (at their next tick).
+    pub fn stop_health_checks(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// Starts probing each HTTP target, when the upstream has a
@@ -71,6 +95,7 @@ impl Upstream {
                     check: check.clone(),
                     connect_timeout: self.connect_timeout,
                     timeout: self.timeout,
+                    retired: Arc::clone(&self.retired),
                 };
                 health::spawn(probe, &slot.down);
             }

@@ -63,16 +63,18 @@ async fn reload(shared: &Shared, path: &std::path::Path) {
             shared.metrics.reload(true);
             tracing::info!(config = %path.display(), "SIGHUP: config reloaded");
         }
+        // Counted before anything is logged: what the log says, /metrics
+        // already shows.
         Ok(Err(errors)) => {
+            shared.metrics.reload(false);
             for d in &errors.0 {
                 tracing::error!("{d}");
             }
             tracing::error!("SIGHUP: the new config is invalid; keeping the old one");
-            shared.metrics.reload(false);
         }
         Err(e) => {
-            tracing::error!(error = %e, "SIGHUP: reload failed; keeping the old config");
             shared.metrics.reload(false);
+            tracing::error!(error = %e, "SIGHUP: reload failed; keeping the old config");
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::rustls::{self, InconsistentKeys, ServerConfig};
 
 use crate::config::TlsFiles;
 use crate::state::Shared;
@@ -32,17 +32,32 @@ pub fn certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, String> {
     if certs.is_empty() {
         return Err("tls cert: no CERTIFICATE in the file".into());
     }
-    let key = PrivateKeyDer::from_pem_slice(&files.key_pem)
-        .map_err(|e| format!("tls key: no PEM private key ({e})"))?;
+    let key = PrivateKeyDer::from_pem_slice(&files.key_pem).map_err(|e| {
+        if memchr::memmem::find(&files.key_pem, b"ENCRYPTED").is_some() {
+            "tls key: encrypted keys are not supported (decrypt it: openssl pkey -in KEY -out KEY.plain)"
+                .to_string()
+        } else {
+            format!("tls key: no PEM private key ({e})")
+        }
+    })?;
     let provider = aws_lc_rs::default_provider();
     let signing = provider
         .key_provider
         .load_private_key(key)
         .map_err(|e| format!("tls key: {e}"))?;
     let certified = CertifiedKey::new(certs, signing);
-    certified
-        .keys_match()
-        .map_err(|_| "tls key: it does not belong to the certificate".to_string())?;
+    match certified.keys_match() {
+        // A key that cannot name its public half is checked at handshake.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+            return Err("tls key: it does not belong to the certificate".into());
+        }
+        Err(e) => {
+            return Err(format!(
+                "tls cert: the first certificate is not usable ({e})"
+            ));
+        }
+    }
     Ok(Arc::new(certified))
 }
 
