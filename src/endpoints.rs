@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::auth::{VerifiedClaims, bearer};
 use crate::body::{self, Body};
 use crate::error::{GatewayError, json_response};
+use crate::metrics::LoginOutcome;
 use crate::proxy::Peer;
 use crate::state::{Gateway, Snapshot};
 
@@ -89,6 +90,9 @@ pub async fn serve(
         Endpoint::Jwks => Ok(public_json(&crate::auth::jwks::jwks(&snap.keys))),
         Endpoint::OpenIdConfiguration => Ok(openid_configuration(&req, snap, peer)),
     };
+    if endpoint == Endpoint::Login {
+        snap.metrics.login(login_outcome(&answer));
+    }
     answer.unwrap_or_else(GatewayError::into_response)
 }
 
@@ -202,6 +206,22 @@ fn came_over_tls(req: &Request<Incoming>, snap: &Snapshot, peer: &Peer) -> bool 
             .headers()
             .get("x-forwarded-proto")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// How a login answered, for `/metrics`.
+fn login_outcome(answer: &Result<Response<Body>, GatewayError>) -> LoginOutcome {
+    match answer {
+        Ok(_) => LoginOutcome::Success,
+        Err(GatewayError::InvalidCredentials) => LoginOutcome::InvalidCredentials,
+        Err(GatewayError::RateLimited(_)) => LoginOutcome::RateLimited,
+        Err(GatewayError::Unavailable(_)) => LoginOutcome::Unavailable,
+        Err(
+            GatewayError::BadRequest(_)
+            | GatewayError::PayloadTooLarge
+            | GatewayError::UnsupportedMediaType,
+        ) => LoginOutcome::BadRequest,
+        Err(_) => LoginOutcome::Error,
+    }
 }
 
 /// A document anyone may read and caches may keep for a few minutes.

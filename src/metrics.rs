@@ -8,8 +8,10 @@
 //! Envoy's thread-local stats avoid too. An increment is a relaxed add to
 //! the thread's own shard; a scrape sums the shards.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Shards of the per-request counters. Threads beyond it share.
@@ -18,7 +20,8 @@ const SHARDS: usize = 16;
 const CODES: usize = 500;
 const CACHE_HIT: usize = CODES;
 const CACHE_MISS: usize = CODES + 1;
-const SLOTS: usize = CODES + 2;
+const AUTH_OK: usize = CODES + 2;
+const SLOTS: usize = CODES + 3;
 
 /// One thread's per-request counters, aligned so no two shards share a
 /// cache line (128 bytes: adjacent-line prefetch pairs them on x86).
@@ -33,13 +36,148 @@ pub struct Metrics {
     connections_open: AtomicU64,
     reloads_applied: AtomicU64,
     reloads_refused: AtomicU64,
+    /// Requests by route (its `host` and `path_prefix`), kept across
+    /// reloads by that name; `""` for requests no route matched.
+    routes: Mutex<BTreeMap<String, Arc<ClassCounters>>>,
+    /// Upstream response times by upstream name, kept across reloads.
+    upstreams: Mutex<BTreeMap<String, Arc<Histogram>>>,
+    /// Refused bearer tokens by outcome and reason: counted on the error
+    /// path only (a refusal costs far more than the lock).
+    auth_refused: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    logins: [AtomicU64; LOGIN_OUTCOMES.len()],
+    /// The `""` entry of `routes`: requests no route matched.
+    pub unrouted: Arc<ClassCounters>,
     /// Seconds since the epoch when the counters started.
     started: u64,
 }
 
+/// How a login ended, as `gatehouse_logins_total{outcome}` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginOutcome {
+    Success,
+    InvalidCredentials,
+    RateLimited,
+    Unavailable,
+    BadRequest,
+    Error,
+}
+
+const LOGIN_OUTCOMES: [&str; 6] = [
+    "success",
+    "invalid_credentials",
+    "rate_limited",
+    "unavailable",
+    "bad_request",
+    "error",
+];
+
+/// This thread's shard index (see the module docs).
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+/// Counts by status class (1xx to 5xx) for one route, sharded as the
+/// global counters are.
+#[derive(Debug)]
+pub struct ClassCounters {
+    shards: Box<[ClassShard]>,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct ClassShard([AtomicU64; 5]);
+
+impl Default for ClassCounters {
+    fn default() -> Self {
+        ClassCounters {
+            shards: (0..SHARDS)
+                .map(|_| ClassShard(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        }
+    }
+}
+
+impl ClassCounters {
+    pub fn add(&self, status: http::StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.shards[shard_index()].0[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self, class: usize) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0[class].load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
+/// Upper bounds of the upstream response-time buckets, in microseconds.
+const BUCKETS_US: [u64; 12] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    5_000_000,
+];
+
+/// A response-time histogram (Prometheus cumulative buckets at scrape),
+/// sharded as the counters are.
+#[derive(Debug)]
+pub struct Histogram {
+    shards: Box<[HistShard]>,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct HistShard {
+    /// Per bucket, not cumulative; the last is beyond every bound.
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            shards: (0..SHARDS)
+                .map(|_| HistShard {
+                    buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                    sum_us: AtomicU64::new(0),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BUCKETS_US.partition_point(|&b| b < us);
+        let shard = &self.shards[shard_index()];
+        shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Per-bucket counts summed over the shards, and the sum in µs.
+    fn totals(&self) -> ([u64; BUCKETS_US.len() + 1], u64) {
+        let mut buckets = [0u64; BUCKETS_US.len() + 1];
+        let mut sum = 0u64;
+        for s in &*self.shards {
+            for (b, n) in buckets.iter_mut().zip(&s.buckets) {
+                *b = b.wrapping_add(n.load(Ordering::Relaxed));
+            }
+            sum = sum.wrapping_add(s.sum_us.load(Ordering::Relaxed));
+        }
+        (buckets, sum)
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
+        let unrouted = Arc::new(ClassCounters::default());
+        let routes = BTreeMap::from([(String::new(), Arc::clone(&unrouted))]);
         Metrics {
+            unrouted,
             shards: (0..SHARDS)
                 .map(|_| Shard(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
@@ -47,6 +185,10 @@ impl Default for Metrics {
             connections_open: AtomicU64::new(0),
             reloads_applied: AtomicU64::new(0),
             reloads_refused: AtomicU64::new(0),
+            routes: Mutex::new(routes),
+            upstreams: Mutex::default(),
+            auth_refused: Mutex::default(),
+            logins: std::array::from_fn(|_| AtomicU64::new(0)),
             started: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -67,11 +209,38 @@ pub struct Gauges {
 impl Metrics {
     /// This thread's shard.
     fn shard(&self) -> &[AtomicU64; SLOTS] {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-        }
-        &self.shards[INDEX.with(|i| *i)].0
+        &self.shards[shard_index()].0
+    }
+
+    /// The counters of the route named `name` (`""`: no route matched),
+    /// the same ones across reloads.
+    pub fn route(&self, name: &str) -> Arc<ClassCounters> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(routes.entry(name.to_string()).or_default())
+    }
+
+    /// The response-time histogram of the upstream named `name`, the same
+    /// one across reloads.
+    pub fn upstream(&self, name: &str) -> Arc<Histogram> {
+        let mut upstreams = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(upstreams.entry(name.to_string()).or_default())
+    }
+
+    /// A bearer token accepted on a route that wanted one.
+    pub fn auth_ok(&self) {
+        self.add(AUTH_OK);
+    }
+
+    /// A request refused at authentication or authorization: `outcome`
+    /// (`missing_token`, `malformed`, `invalid_token`, `forbidden`) and,
+    /// for the last two, the reason given to the client.
+    pub fn auth_refused(&self, outcome: &'static str, reason: &'static str) {
+        let mut refused = self.auth_refused.lock().unwrap_or_else(|p| p.into_inner());
+        *refused.entry((outcome, reason)).or_default() += 1;
+    }
+
+    pub fn login(&self, outcome: LoginOutcome) {
+        self.logins[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     fn add(&self, slot: usize) {
@@ -161,6 +330,103 @@ impl Metrics {
             "Verified tokens held in the cache now (an estimate).",
             gauges.cache_entries,
         );
+        header(
+            w,
+            "gatehouse_route_requests_total",
+            "counter",
+            "Proxied requests by route (host and path_prefix; \"\" when no route matched) and status class.",
+        );
+        let routes: Vec<(String, Arc<ClassCounters>)> = {
+            let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+            routes
+                .iter()
+                .map(|(k, v)| (k.clone(), Arc::clone(v)))
+                .collect()
+        };
+        for (route, counters) in &routes {
+            for (class, name) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let n = counters.sum(class);
+                if n > 0 {
+                    let _ = writeln!(
+                        w,
+                        "gatehouse_route_requests_total{{route=\"{}\",class=\"{name}\"}} {n}",
+                        escape(route)
+                    );
+                }
+            }
+        }
+        header(
+            w,
+            "gatehouse_auth_total",
+            "counter",
+            "Bearer-token checks on routes that take a token: ok, or refused by outcome and reason.",
+        );
+        let _ = writeln!(
+            w,
+            "gatehouse_auth_total{{outcome=\"ok\",reason=\"\"}} {}",
+            self.sum(AUTH_OK)
+        );
+        let refused: Vec<((&str, &str), u64)> = {
+            let refused = self.auth_refused.lock().unwrap_or_else(|p| p.into_inner());
+            refused.iter().map(|(k, v)| (*k, *v)).collect()
+        };
+        for ((outcome, reason), n) in refused {
+            let _ = writeln!(
+                w,
+                "gatehouse_auth_total{{outcome=\"{outcome}\",reason=\"{}\"}} {n}",
+                escape(reason)
+            );
+        }
+        header(
+            w,
+            "gatehouse_logins_total",
+            "counter",
+            "POST /auth/login by outcome.",
+        );
+        for (name, n) in LOGIN_OUTCOMES.iter().zip(&self.logins) {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(w, "gatehouse_logins_total{{outcome=\"{name}\"}} {n}");
+        }
+        header(
+            w,
+            "gatehouse_upstream_response_seconds",
+            "histogram",
+            "Time from sending a request to an upstream to its response head, by upstream.",
+        );
+        let upstreams: Vec<(String, Arc<Histogram>)> = {
+            let upstreams = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+            upstreams
+                .iter()
+                .map(|(k, v)| (k.clone(), Arc::clone(v)))
+                .collect()
+        };
+        for (upstream, histogram) in &upstreams {
+            let (buckets, sum_us) = histogram.totals();
+            let name = escape(upstream);
+            let mut cumulative = 0u64;
+            for (bound, n) in BUCKETS_US.iter().zip(&buckets) {
+                cumulative = cumulative.wrapping_add(*n);
+                let le = *bound as f64 / 1e6;
+                let _ = writeln!(
+                    w,
+                    "gatehouse_upstream_response_seconds_bucket{{upstream=\"{name}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            cumulative = cumulative.wrapping_add(buckets[BUCKETS_US.len()]);
+            let _ = writeln!(
+                w,
+                "gatehouse_upstream_response_seconds_bucket{{upstream=\"{name}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(
+                w,
+                "gatehouse_upstream_response_seconds_sum{{upstream=\"{name}\"}} {}",
+                sum_us as f64 / 1e6
+            );
+            let _ = writeln!(
+                w,
+                "gatehouse_upstream_response_seconds_count{{upstream=\"{name}\"}} {cumulative}"
+            );
+        }
         header(
             w,
             "gatehouse_upstream_target_up",
@@ -415,9 +681,76 @@ mod tests {
     }
 
     #[test]
+    fn upstream_histograms_are_cumulative_with_sum_and_count() {
+        let m = Metrics::default();
+        let h = m.upstream("api");
+        for us in [300, 2_000, 7_000_000] {
+            h.observe(std::time::Duration::from_micros(us));
+        }
+        assert!(
+            Arc::ptr_eq(&h, &m.upstream("api")),
+            "one histogram per name"
+        );
+        let text = m.render(&Gauges {
+            cache_entries: 0,
+            targets: Vec::new(),
+        });
+        let bucket = |le: &str| {
+            value(
+                &text,
+                &format!(
+                    "gatehouse_upstream_response_seconds_bucket{{upstream=\"api\",le=\"{le}\"}}"
+                ),
+            )
+        };
+        assert_eq!(bucket("0.0005"), Some(1));
+        assert_eq!(bucket("0.001"), Some(1));
+        assert_eq!(bucket("0.0025"), Some(2));
+        assert_eq!(bucket("5"), Some(2));
+        assert_eq!(bucket("+Inf"), Some(3));
+        assert_eq!(
+            value(
+                &text,
+                "gatehouse_upstream_response_seconds_count{upstream=\"api\"}"
+            ),
+            Some(3)
+        );
+        assert!(
+            text.contains("gatehouse_upstream_response_seconds_sum{upstream=\"api\"} 7.0023\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn route_counts_are_kept_by_name_and_class() {
+        let m = Metrics::default();
+        m.route("/api/").add(StatusCode::OK);
+        m.route("/api/").add(StatusCode::NOT_FOUND);
+        m.unrouted.add(StatusCode::NOT_FOUND);
+        let text = m.render(&Gauges {
+            cache_entries: 0,
+            targets: Vec::new(),
+        });
+        let route = |r: &str, c: &str| {
+            value(
+                &text,
+                &format!("gatehouse_route_requests_total{{route=\"{r}\",class=\"{c}\"}}"),
+            )
+        };
+        assert_eq!(route("/api/", "2xx"), Some(1));
+        assert_eq!(route("/api/", "4xx"), Some(1));
+        assert_eq!(route("", "4xx"), Some(1));
+        assert_eq!(route("/api/", "5xx"), None, "zeros are left out");
+    }
+
+    #[test]
     fn every_series_has_help_and_type() {
         let m = Metrics::default();
         m.response(StatusCode::OK);
+        m.route("/r/").add(StatusCode::OK);
+        m.upstream("u").observe(std::time::Duration::from_millis(1));
+        m.auth_refused("invalid_token", "token expired");
+        m.login(LoginOutcome::Success);
         m.reload(true);
         m.reload(false);
         let text = m.render(&Gauges {
@@ -426,6 +759,12 @@ mod tests {
         });
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
+            // A histogram's series carry suffixes of its one name.
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                .unwrap_or(name);
             assert!(
                 text.contains(&format!("# TYPE {name} ")),
                 "{name} has no TYPE line"

@@ -63,7 +63,7 @@ impl Peer {
 /// What the access log line reports about a request.
 #[derive(Default)]
 struct Ctx<'s> {
-    route: Option<&'s str>,
+    route: Option<&'s Route>,
     caller: Option<Arc<VerifiedClaims>>,
     /// The access log is on: time the upstream exchange.
     timed: bool,
@@ -87,12 +87,14 @@ pub async fn handle(
     let rsp = handle_inner(req, snap, revocations, peer, &mut ctx)
         .await
         .unwrap_or_else(GatewayError::into_response);
+    let requests = ctx.route.map_or(&snap.metrics.unrouted, |r| &r.requests);
+    requests.add(rsp.status());
     if let Some((method, uri, started)) = log {
         tracing::info!(
             target: "gatehouse::access",
             method = %method,
             path = uri.path(),
-            route = ctx.route.unwrap_or("-"),
+            route = ctx.route.map_or("-", |r| &*r.path_prefix),
             status = rsp.status().as_u16(),
             upstream_us = ctx.upstream_time.map(|d| d.as_micros() as u64),
             subject = ctx.caller.as_ref().and_then(|c| c.subject()),
@@ -118,7 +120,7 @@ async fn handle_inner<'s>(
         .routes
         .find(req.method(), host_str, req.uri().path())
         .ok_or(GatewayError::NoRoute)?;
-    ctx.route = Some(&route.path_prefix);
+    ctx.route = Some(route);
     let caller = admit(req.headers(), route, snap, revocations, &peer.last_token)?;
     ctx.caller = caller;
     let seen = Seen::scan(req.headers(), Some(snap.verifier.identity()));
@@ -169,8 +171,34 @@ async fn handle_inner<'s>(
 /// route wants one), verified or from the cache, then the revocation check
 /// (after the cache: a revoked token may well be cached), then the route's
 /// access rules. `/auth/verify` runs the same steps. `last` is the client
-/// connection's last token, asked before the cache.
+/// connection's last token, asked before the cache. The outcome is counted
+/// for `/metrics`.
 pub(crate) fn admit(
+    headers: &HeaderMap,
+    route: &Route,
+    snap: &Snapshot,
+    revocations: &Revocations,
+    last: &LastToken,
+) -> Result<Option<Arc<VerifiedClaims>>, GatewayError> {
+    let admitted = admit_uncounted(headers, route, snap, revocations, last);
+    match &admitted {
+        Ok(Some(_)) => snap.metrics.auth_ok(),
+        Ok(None) => {}
+        Err(e) => {
+            let (outcome, reason) = match *e {
+                GatewayError::MissingToken => ("missing_token", ""),
+                GatewayError::MalformedAuthorization => ("malformed", ""),
+                GatewayError::InvalidToken(why) => ("invalid_token", why),
+                GatewayError::InsufficientScope(why) => ("forbidden", why),
+                _ => ("error", ""),
+            };
+            snap.metrics.auth_refused(outcome, reason);
+        }
+    }
+    admitted
+}
+
+fn admit_uncounted(
     headers: &HeaderMap,
     route: &Route,
     snap: &Snapshot,

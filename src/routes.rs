@@ -2,10 +2,13 @@
 //! then routes naming a `host`, then routes naming `methods`. Matching
 //! allocates nothing.
 
+use std::sync::Arc;
+
 use http::Method;
 
 use crate::auth::AccessRule;
 use crate::config::{AuthMode, RouteSpec};
+use crate::metrics::{ClassCounters, Metrics};
 
 /// One compiled route.
 #[derive(Debug)]
@@ -19,6 +22,9 @@ pub struct Route {
     pub auth: AuthMode,
     pub access: AccessRule,
     pub strip_prefix: bool,
+    /// This route's request counts (`/metrics`): the gateway's, by
+    /// [`Route::name`], once the snapshot is served.
+    pub requests: Arc<ClassCounters>,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +49,7 @@ impl RouteTable {
                     s.claims.clone(),
                 ),
                 strip_prefix: s.strip_prefix,
+                requests: Arc::default(),
             })
             .collect();
         // Stable: equally specific routes keep their config order.
@@ -57,6 +64,13 @@ impl RouteTable {
     }
 
     /// The route for a request, if any. `host` may carry a port.
+    /// Points every route at the gateway's counters for its name.
+    pub fn attach_metrics(&mut self, metrics: &Metrics) {
+        for r in &mut self.routes {
+            r.requests = metrics.route(&r.name());
+        }
+    }
+
     pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| {
             prefix_matches(&r.path_prefix, path)
@@ -98,6 +112,12 @@ fn strip_port(host: &str) -> &str {
 
 impl Route {
     /// The upstream path for `path`: without the prefix when `strip_prefix`.
+    /// The route as `/metrics` names it: its `host` (if any) and
+    /// `path_prefix`, as in `api.example.com/api/`.
+    pub fn name(&self) -> String {
+        format!("{}{}", self.host.as_deref().unwrap_or(""), self.path_prefix)
+    }
+
     pub fn upstream_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
         if !self.strip_prefix {
             return path.into();

@@ -54,14 +54,16 @@ impl Gateway {
     ///
     /// # Errors
     /// When the store cannot list its revocations.
-    pub async fn new(snap: Snapshot, store: Box<dyn Store>) -> Result<Gateway, StoreError> {
+    pub async fn new(mut snap: Snapshot, store: Box<dyn Store>) -> Result<Gateway, StoreError> {
         let revocations = Revocations::default();
         for r in store.live_revocations(crate::auth::issue::now()).await? {
             revocations.add(r);
         }
+        let metrics = Arc::clone(&snap.metrics);
+        snap.attach_metrics(&metrics);
         snap.start_background();
         Ok(Gateway {
-            metrics: Arc::clone(&snap.metrics),
+            metrics,
             snapshot: ArcSwap::from_pointee(snap),
             store,
             revocations,
@@ -91,7 +93,7 @@ impl Gateway {
     /// one's health checks found (a target they took out stays out until
     /// it passes again), and the old one's probes stop.
     pub fn store_snapshot(&self, mut snap: Snapshot) {
-        snap.metrics = Arc::clone(&self.metrics);
+        snap.attach_metrics(&self.metrics);
         let old = self.snapshot.load_full();
         for u in &mut snap.upstreams {
             if let Some(before) = old.upstreams.iter().find(|o| o.name == u.name) {
@@ -110,6 +112,16 @@ impl Snapshot {
     /// Starts what a served snapshot runs in the background (the upstreams'
     /// health checks), stopped by [`Gateway::store_snapshot`] when the
     /// snapshot is replaced (and, at the latest, when it is dropped).
+    /// Points the snapshot, its routes and its upstreams at the gateway's
+    /// counters (by name, so they run on across reloads).
+    fn attach_metrics(&mut self, metrics: &Arc<Metrics>) {
+        self.metrics = Arc::clone(metrics);
+        self.routes.attach_metrics(metrics);
+        for u in &mut self.upstreams {
+            u.latency = metrics.upstream(&u.name);
+        }
+    }
+
     fn start_background(&self) {
         for u in &self.upstreams {
             u.start_health_checks();

@@ -98,6 +98,43 @@ async fn responses_and_cache_lookups_are_counted() {
         Some(2)
     );
     assert!(metric(&text, "gatehouse_token_cache_entries").is_some());
+    // By route and status class; "" when no route matched.
+    let route = |r: &str, class: &str| {
+        metric(
+            &text,
+            &format!("gatehouse_route_requests_total{{route=\"{r}\",class=\"{class}\"}}"),
+        )
+    };
+    assert_eq!(route("/api/", "2xx"), Some(3), "{text}");
+    assert_eq!(route("/api/", "4xx"), Some(2), "{text}");
+    assert_eq!(route("/public/", "2xx"), Some(1), "{text}");
+    assert_eq!(route("", "4xx"), Some(1), "{text}");
+    // Bearer-token checks by outcome and reason.
+    let auth = |outcome: &str, reason: &str| {
+        metric(
+            &text,
+            &format!("gatehouse_auth_total{{outcome=\"{outcome}\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(auth("ok", ""), Some(3), "{text}");
+    assert_eq!(auth("missing_token", ""), Some(1), "{text}");
+    assert_eq!(auth("invalid_token", "bad signature"), Some(1), "{text}");
+    // The upstream's response times: every proxied request that got a head.
+    assert_eq!(
+        metric(
+            &text,
+            "gatehouse_upstream_response_seconds_count{upstream=\"up\"}"
+        ),
+        Some(4),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "gatehouse_upstream_response_seconds_bucket{upstream=\"up\",le=\"+Inf\"}"
+        ),
+        Some(4)
+    );
     let target = format!(
         "gatehouse_upstream_target_up{{upstream=\"up\",target=\"{}\"}}",
         up.addr

@@ -1281,3 +1281,28 @@ async fn reuse_is_logged_with_subject_and_family_and_no_secret_is_logged() {
     let sig = first.refresh.rsplit('.').next().unwrap();
     assert!(!text.contains(sig), "{text}");
 }
+
+/// `gatehouse_logins_total{outcome}` on `/metrics` counts each login by
+/// how it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_counted_by_outcome_on_metrics() {
+    let env = Env::default().await;
+    let admin = env.gw.admin().await;
+    assert_eq!(env.login("alice", PW).await.status, 200);
+    assert_eq!(env.login("alice", "wrong").await.status, 401);
+    assert_eq!(env.login("nobody", PW).await.status, 401);
+    let no_password = json!({ "username": "alice" });
+    let r = post_json(&env.url("/auth/login"), &[], &no_password).await;
+    assert_eq!(r.status, 400);
+    let text = scrape(admin).await;
+    let count = |outcome: &str| {
+        metric(
+            &text,
+            &format!("gatehouse_logins_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(count("success"), Some(1), "{text}");
+    assert_eq!(count("invalid_credentials"), Some(2), "{text}");
+    assert_eq!(count("bad_request"), Some(1), "{text}");
+    assert_eq!(count("rate_limited"), Some(0), "{text}");
+}

@@ -98,7 +98,10 @@ pub async fn forward(
                 Failed::Exchange(_) => GatewayError::UpstreamConnect,
             });
         }
-        Ok(Ok(pair)) => pair,
+        Ok(Ok(pair)) => {
+            upstream.latency.observe(began.elapsed());
+            pair
+        }
     };
 
     let upgraded = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;

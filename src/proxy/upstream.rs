@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::health::{self, Down};
 use super::pool::Pool;
 use crate::config::{HealthCheck, Target, UpstreamSpec};
+use crate::metrics::Histogram;
 
 /// How long a target whose connection failed is skipped.
 pub const EJECT_FOR: Duration = Duration::from_secs(10);
@@ -25,6 +26,9 @@ pub struct Upstream {
     health_check: Option<HealthCheck>,
     /// Set when a reload has replaced this upstream: its probes stop.
     retired: Arc<AtomicBool>,
+    /// Response times (`/metrics`): the gateway's for this upstream's name,
+    /// once the snapshot is served.
+    pub latency: Arc<Histogram>,
 }
 
 struct Slot {
@@ -56,6 +60,7 @@ impl Upstream {
             epoch: Instant::now(),
             health_check: spec.health_check.clone(),
             retired: Arc::default(),
+            latency: Arc::default(),
         }
     }
 
