@@ -9,7 +9,7 @@ use std::sync::{Arc, LazyLock};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::form;
 use crate::auth::issue::{self, Grant, Minted, now, random_id};
@@ -91,7 +91,9 @@ pub async fn refresh(
         return Err(GatewayError::InvalidGrant("refresh token revoked"));
     }
     let iat = iat_after(cutoff, now);
-    let next = sign_refresh(key, snap, &presented.subject, &presented.family, iat).await?;
+    // Both signatures on one turn, taken before the commit below.
+    let turn = turn_for(key).await?;
+    let next = sign_refresh(key, &turn, snap, &presented.subject, &presented.family, iat).await?;
     let rotation = gw
         .store
         .rotate(RotateRequest {
@@ -128,7 +130,7 @@ pub async fn refresh(
                     return Err(GatewayError::InvalidGrant("the user no longer exists"));
                 }
             };
-            let access = sign_access(key, snap, &account, &presented.family, iat).await?;
+            let access = sign_access(key, &turn, snap, &account, &presented.family, iat).await?;
             Ok(token_pair(snap, &access, &next))
         }
         Rotation::Grace => Err(GatewayError::InvalidGrant(
@@ -338,8 +340,9 @@ async fn issue_new_family(
     let now = now();
     let iat = issued_at(gw, snap, &account.subject, now);
     let family_id = random_id();
-    let refresh = sign_refresh(key, snap, &account.subject, &family_id, iat).await?;
-    let access = sign_access(key, snap, account, &family_id, iat).await?;
+    // Both signed before the commit: a slot each is enough.
+    let refresh = sign_refresh(key, &None, snap, &account.subject, &family_id, iat).await?;
+    let access = sign_access(key, &None, snap, account, &family_id, iat).await?;
     let family = Family {
         id: family_id,
         subject: account.subject.clone(),
@@ -361,6 +364,7 @@ async fn issue_new_family(
 /// A refresh token of `family` for `subject`.
 async fn sign_refresh(
     key: &Arc<Key>,
+    turn: &Turn,
     snap: &Snapshot,
     subject: &str,
     family: &str,
@@ -368,7 +372,7 @@ async fn sign_refresh(
 ) -> Result<Minted, GatewayError> {
     let tokens = snap.config.tokens.clone();
     let (subject, family) = (subject.to_owned(), family.to_owned());
-    signed(key, move |key| {
+    signed(key, turn, move |key| {
         issue::sign_refresh(key, &tokens, &subject, &family, iat)
     })
     .await
@@ -378,6 +382,7 @@ async fn sign_refresh(
 /// revoking the family revokes it too.
 async fn sign_access(
     key: &Arc<Key>,
+    turn: &Turn,
     snap: &Snapshot,
     account: &Account,
     family: &str,
@@ -386,7 +391,7 @@ async fn sign_access(
     let tokens = snap.config.tokens.clone();
     let account = account.clone();
     let jti = format!("{family}.{}", random_id());
-    signed(key, move |key| {
+    signed(key, turn, move |key| {
         let grant = Grant {
             subject: &account.subject,
             roles: &account.roles,
@@ -434,18 +439,18 @@ fn signer(snap: &Snapshot) -> Result<&Arc<Key>, GatewayError> {
 ///
 /// RSA signatures run at most one per core at a time (as password checks
 /// do): a flood of refreshes queues for a slot rather than growing the
-/// blocking pool to hundreds of threads that crowd out the proxy.
+/// blocking pool to hundreds of threads that crowd out the proxy. With
+/// `turn` (see [`Turn`]) the caller already holds its slot.
 async fn signed<T: Send + 'static>(
     key: &Arc<Key>,
+    turn: &Turn,
     sign: impl FnOnce(&Key) -> Result<T, jsonwebtoken::errors::Error> + Send + 'static,
 ) -> Result<T, GatewayError> {
-    static SLOTS: LazyLock<Arc<Semaphore>> =
-        LazyLock::new(|| Arc::new(Semaphore::new(crate::login::cpu_slots())));
     let signed = if signs_slowly(key.algorithm) {
-        let slot = Arc::clone(&SLOTS)
-            .acquire_owned()
-            .await
-            .map_err(|_| cannot_sign())?;
+        let slot = match turn {
+            Some(held) => Arc::clone(held),
+            None => Arc::new(signing_slot().await?),
+        };
         let key = Arc::clone(key);
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
@@ -457,6 +462,32 @@ async fn signed<T: Send + 'static>(
         sign(key)
     };
     signed.map_err(|_| cannot_sign())
+}
+
+/// A signing slot held across several signatures: a refresh takes its turn
+/// before it commits the rotation, so that nothing after the commit waits
+/// (a client that gave up in such a wait would have lost its only valid
+/// refresh token, and its retry would look like reuse). `None`: each
+/// signature takes a slot of its own, if its key needs one.
+type Turn = Option<Arc<OwnedSemaphorePermit>>;
+
+/// `key`'s turn at signing: a slot for an RSA key, nothing for the others.
+async fn turn_for(key: &Key) -> Result<Turn, GatewayError> {
+    if signs_slowly(key.algorithm) {
+        Ok(Some(Arc::new(signing_slot().await?)))
+    } else {
+        Ok(None)
+    }
+}
+
+/// One of the RSA signing slots (one per core, at least two).
+async fn signing_slot() -> Result<OwnedSemaphorePermit, GatewayError> {
+    static SLOTS: LazyLock<Arc<Semaphore>> =
+        LazyLock::new(|| Arc::new(Semaphore::new(crate::login::cpu_slots())));
+    Arc::clone(&SLOTS)
+        .acquire_owned()
+        .await
+        .map_err(|_| cannot_sign())
 }
 
 /// RSA: what `signed` moves off the async thread.
@@ -530,11 +561,39 @@ mod tests {
             ("EdDSA", false),
         ] {
             let key = test_keys().set.get(id).unwrap();
-            let on = signed(key, |_| Ok(std::thread::current().id()))
+            let on = signed(key, &None, |_| Ok(std::thread::current().id()))
                 .await
                 .unwrap();
             assert_eq!(on != here, elsewhere, "{id}");
         }
+    }
+
+    /// A signature on a turn already held does not queue for a slot: with
+    /// every slot taken, it still runs; without the turn, it waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_turn_signs_without_waiting_for_a_slot() {
+        let key = test_keys().set.get("RS256").unwrap();
+        let turn = turn_for(key).await.unwrap();
+        assert!(turn.is_some(), "RSA takes a slot");
+        let others: Vec<_> = {
+            let mut v = Vec::new();
+            for _ in 1..crate::login::cpu_slots() {
+                v.push(signing_slot().await.unwrap());
+            }
+            v
+        };
+        let limit = std::time::Duration::from_millis(500);
+        let on_turn = tokio::time::timeout(limit, signed(key, &turn, |_| Ok(())));
+        assert!(on_turn.await.is_ok(), "waited with its turn held");
+        let own_slot = tokio::time::timeout(limit, signed(key, &None, |_| Ok(())));
+        assert!(own_slot.await.is_err(), "every slot was taken");
+        drop(others);
+        assert!(
+            turn_for(test_keys().set.get("EdDSA").unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     /// However many ask at once, no more RSA signatures run than there are
@@ -548,7 +607,7 @@ mod tests {
         let asks = (0..16).map(|_| {
             let key = Arc::clone(key);
             tokio::spawn(async move {
-                signed(&key, |_| {
+                signed(&key, &None, |_| {
                     let n = NOW.fetch_add(1, Ordering::SeqCst) + 1;
                     MOST.fetch_max(n, Ordering::SeqCst);
                     // Long enough for the others to pile up behind it.
