@@ -90,7 +90,8 @@ pub async fn serve(
         Endpoint::Jwks => Ok(public_json(&crate::auth::jwks::jwks(&snap.keys))),
         Endpoint::OpenIdConfiguration => Ok(openid_configuration(&req, snap, peer)),
     };
-    if endpoint == Endpoint::Login {
+    // Not counted: a 404 from a gateway without `[login]`.
+    if endpoint == Endpoint::Login && !matches!(answer, Err(GatewayError::NoRoute)) {
         snap.metrics.login(login_outcome(&answer));
     }
     answer.unwrap_or_else(GatewayError::into_response)
@@ -218,7 +219,8 @@ fn login_outcome(answer: &Result<Response<Body>, GatewayError>) -> LoginOutcome 
         Err(
             GatewayError::BadRequest(_)
             | GatewayError::PayloadTooLarge
-            | GatewayError::UnsupportedMediaType,
+            | GatewayError::UnsupportedMediaType
+            | GatewayError::RequestTimeout,
         ) => LoginOutcome::BadRequest,
         Err(_) => LoginOutcome::Error,
     }

@@ -41,15 +41,19 @@ pub struct Metrics {
     routes: Mutex<BTreeMap<String, Arc<ClassCounters>>>,
     /// Upstream response times by upstream name, kept across reloads.
     upstreams: Mutex<BTreeMap<String, Arc<Histogram>>>,
-    /// Refused bearer tokens by outcome and reason: counted on the error
-    /// path only (a refusal costs far more than the lock).
-    auth_refused: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Refused bearer tokens by outcome and reason, per thread shard: a
+    /// flood of requests without a token takes no lock another core wants.
+    /// The reasons are the fixed texts the gateway answers with.
+    auth_refused: Box<[Mutex<Refusals>]>,
     logins: [AtomicU64; LOGIN_OUTCOMES.len()],
     /// The `""` entry of `routes`: requests no route matched.
     pub unrouted: Arc<ClassCounters>,
     /// Seconds since the epoch when the counters started.
     started: u64,
 }
+
+/// Refusals counted by `(outcome, reason)`.
+type Refusals = BTreeMap<(&'static str, &'static str), u64>;
 
 /// How a login ended, as `gatehouse_logins_total{outcome}` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,9 +106,15 @@ impl Default for ClassCounters {
 }
 
 impl ClassCounters {
+    /// Counts `status`; codes from 600 up (an upstream's) are not counted,
+    /// as in `gatehouse_responses_total`.
     pub fn add(&self, status: http::StatusCode) {
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        self.shards[shard_index()].0[class].fetch_add(1, Ordering::Relaxed);
+        let Some(class) = usize::from(status.as_u16() / 100).checked_sub(1) else {
+            return;
+        };
+        if let Some(slot) = self.shards[shard_index()].0.get(class) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn sum(&self, class: usize) -> u64 {
@@ -116,9 +126,9 @@ impl ClassCounters {
 }
 
 /// Upper bounds of the upstream response-time buckets, in microseconds.
-const BUCKETS_US: [u64; 12] = [
+const BUCKETS_US: [u64; 14] = [
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    5_000_000,
+    5_000_000, 10_000_000, 30_000_000,
 ];
 
 /// A response-time histogram (Prometheus cumulative buckets at scrape),
@@ -187,7 +197,7 @@ impl Default for Metrics {
             reloads_refused: AtomicU64::new(0),
             routes: Mutex::new(routes),
             upstreams: Mutex::default(),
-            auth_refused: Mutex::default(),
+            auth_refused: (0..SHARDS).map(|_| Mutex::default()).collect(),
             logins: std::array::from_fn(|_| AtomicU64::new(0)),
             started: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -235,7 +245,8 @@ impl Metrics {
     /// (`missing_token`, `malformed`, `invalid_token`, `forbidden`) and,
     /// for the last two, the reason given to the client.
     pub fn auth_refused(&self, outcome: &'static str, reason: &'static str) {
-        let mut refused = self.auth_refused.lock().unwrap_or_else(|p| p.into_inner());
+        let shard = &self.auth_refused[shard_index()];
+        let mut refused = shard.lock().unwrap_or_else(|p| p.into_inner());
         *refused.entry((outcome, reason)).or_default() += 1;
     }
 
@@ -366,10 +377,13 @@ impl Metrics {
             "gatehouse_auth_total{{outcome=\"ok\",reason=\"\"}} {}",
             self.sum(AUTH_OK)
         );
-        let refused: Vec<((&str, &str), u64)> = {
-            let refused = self.auth_refused.lock().unwrap_or_else(|p| p.into_inner());
-            refused.iter().map(|(k, v)| (*k, *v)).collect()
-        };
+        let mut refused: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for shard in &*self.auth_refused {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, v) in shard.iter() {
+                *refused.entry(*k).or_default() += v;
+            }
+        }
         for ((outcome, reason), n) in refused {
             let _ = writeln!(
                 w,
@@ -391,7 +405,7 @@ impl Metrics {
             w,
             "gatehouse_upstream_response_seconds",
             "histogram",
-            "Time from sending a request to an upstream to its response head, by upstream.",
+            "Time from the start of an upstream exchange (a pooled or new connection, the request and any body sent so far) to the response head, by upstream; exchanges that fail or time out are not observed.",
         );
         let upstreams: Vec<(String, Arc<Histogram>)> = {
             let upstreams = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());

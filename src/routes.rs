@@ -63,7 +63,6 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// The route for a request, if any. `host` may carry a port.
     /// Points every route at the gateway's counters for its name.
     pub fn attach_metrics(&mut self, metrics: &Metrics) {
         for r in &mut self.routes {
@@ -71,6 +70,7 @@ impl RouteTable {
         }
     }
 
+    /// The route for a request, if any. `host` may carry a port.
     pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| {
             prefix_matches(&r.path_prefix, path)
@@ -111,13 +111,22 @@ fn strip_port(host: &str) -> &str {
 }
 
 impl Route {
-    /// The upstream path for `path`: without the prefix when `strip_prefix`.
-    /// The route as `/metrics` names it: its `host` (if any) and
-    /// `path_prefix`, as in `api.example.com/api/`.
+    /// The route as `/metrics` names it: its `host` (if any), `path_prefix`
+    /// and `methods` (if any), as in `api.example.com/api/ [GET,HEAD]`.
+    /// Two routes may share a prefix and host with other methods; no two
+    /// valid routes share all three.
     pub fn name(&self) -> String {
-        format!("{}{}", self.host.as_deref().unwrap_or(""), self.path_prefix)
+        let host = self.host.as_deref().unwrap_or("");
+        match &self.methods {
+            None => format!("{host}{}", self.path_prefix),
+            Some(methods) => {
+                let methods: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                format!("{host}{} [{}]", self.path_prefix, methods.join(","))
+            }
+        }
     }
 
+    /// The upstream path for `path`: without the prefix when `strip_prefix`.
     pub fn upstream_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
         if !self.strip_prefix {
             return path.into();

@@ -109,9 +109,6 @@ impl Gateway {
 }
 
 impl Snapshot {
-    /// Starts what a served snapshot runs in the background (the upstreams'
-    /// health checks), stopped by [`Gateway::store_snapshot`] when the
-    /// snapshot is replaced (and, at the latest, when it is dropped).
     /// Points the snapshot, its routes and its upstreams at the gateway's
     /// counters (by name, so they run on across reloads).
     fn attach_metrics(&mut self, metrics: &Arc<Metrics>) {
@@ -122,6 +119,9 @@ impl Snapshot {
         }
     }
 
+    /// Starts what a served snapshot runs in the background (the upstreams'
+    /// health checks). [`Gateway::store_snapshot`] stops it when it
+    /// replaces the snapshot: the only way a served snapshot is replaced.
     fn start_background(&self) {
         for u in &self.upstreams {
             u.start_health_checks();

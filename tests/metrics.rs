@@ -17,6 +17,11 @@ upstream = "up"
 path_prefix = "/public/"
 upstream = "up"
 auth = "none"
+
+[[routes]]
+path_prefix = "/public/"
+methods = ["POST"]
+upstream = "up"
 "#;
 
 /// The gateway, and the address of an admin listener serving its metrics.
@@ -98,6 +103,14 @@ async fn responses_and_cache_lookups_are_counted() {
         Some(2)
     );
     assert!(metric(&text, "gatehouse_token_cache_entries").is_some());
+    // A route with methods is named with them: it shares its prefix.
+    assert_eq!(get(&gw.url("/public/y"), &[]).await.status, 200);
+    let r = post_json(&gw.url("/public/y"), &[], &serde_json::json!({})).await;
+    assert_eq!(r.status, 401);
+    // No [login] here: a login's 404 is not a login.
+    let r = post_json(&gw.url("/auth/login"), &[], &serde_json::json!({})).await;
+    assert_eq!(r.status, 404);
+    let text = scrape(admin).await;
     // By route and status class; "" when no route matched.
     let route = |r: &str, class: &str| {
         metric(
@@ -107,7 +120,13 @@ async fn responses_and_cache_lookups_are_counted() {
     };
     assert_eq!(route("/api/", "2xx"), Some(3), "{text}");
     assert_eq!(route("/api/", "4xx"), Some(2), "{text}");
-    assert_eq!(route("/public/", "2xx"), Some(1), "{text}");
+    assert_eq!(route("/public/", "2xx"), Some(2), "{text}");
+    assert_eq!(route("/public/ [POST]", "4xx"), Some(1), "{text}");
+    assert_eq!(
+        metric(&text, "gatehouse_logins_total{outcome=\"error\"}"),
+        Some(0),
+        "{text}"
+    );
     assert_eq!(route("", "4xx"), Some(1), "{text}");
     // Bearer-token checks by outcome and reason.
     let auth = |outcome: &str, reason: &str| {
@@ -117,7 +136,7 @@ async fn responses_and_cache_lookups_are_counted() {
         )
     };
     assert_eq!(auth("ok", ""), Some(3), "{text}");
-    assert_eq!(auth("missing_token", ""), Some(1), "{text}");
+    assert_eq!(auth("missing_token", ""), Some(2), "{text}");
     assert_eq!(auth("invalid_token", "bad signature"), Some(1), "{text}");
     // The upstream's response times: every proxied request that got a head.
     assert_eq!(
@@ -125,7 +144,7 @@ async fn responses_and_cache_lookups_are_counted() {
             &text,
             "gatehouse_upstream_response_seconds_count{upstream=\"up\"}"
         ),
-        Some(4),
+        Some(5),
         "{text}"
     );
     assert_eq!(
@@ -133,17 +152,17 @@ async fn responses_and_cache_lookups_are_counted() {
             &text,
             "gatehouse_upstream_response_seconds_bucket{upstream=\"up\",le=\"+Inf\"}"
         ),
-        Some(4)
+        Some(5)
     );
     let target = format!(
         "gatehouse_upstream_target_up{{upstream=\"up\",target=\"{}\"}}",
         up.addr
     );
     assert_eq!(metric(&text, &target), Some(1), "{text}");
-    // Six connections: `conn`, and one per `get`.
+    // Nine connections: `conn`, and one per `get` and `post_json`.
     assert_eq!(
         metric(&text, "gatehouse_connections_accepted_total"),
-        Some(6)
+        Some(9)
     );
     assert!(
         metric(&text, "gatehouse_connections_open").unwrap() >= 1,

@@ -18,8 +18,8 @@
 //! the target's state weakly besides. With a single target, the probes
 //! only report (log, `/metrics`): the only target is always tried.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -35,17 +35,39 @@ pub const FALL: u32 = 3;
 /// Passed probes in a row that put it back.
 pub const RISE: u32 = 2;
 
-/// Whether a target's probes have taken it out of the round-robin.
+/// Whether a target's probes have taken it out of the round-robin. A
+/// reload hands it on to the new snapshot's prober, which claims it: from
+/// then on, a verdict of the old prober (possibly for another path) that
+/// was still under way is not recorded.
 #[derive(Default)]
-pub struct Down(AtomicBool);
+pub struct Down {
+    down: AtomicBool,
+    /// The prober whose verdicts count.
+    owner: Mutex<u64>,
+}
 
 impl Down {
     pub fn is_down(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.down.load(Ordering::Relaxed)
     }
 
+    /// Makes `prober` the one whose verdicts count.
+    fn claim(&self, prober: u64) {
+        *self.owner.lock().unwrap_or_else(|p| p.into_inner()) = prober;
+    }
+
+    /// Records `prober`'s verdict if it still owns the target; whether it did.
+    fn record(&self, prober: u64, down: bool) -> bool {
+        let owner = self.owner.lock().unwrap_or_else(|p| p.into_inner());
+        if *owner == prober {
+            self.down.store(down, Ordering::Relaxed);
+        }
+        *owner == prober
+    }
+
+    #[cfg(test)]
     pub fn set(&self, down: bool) {
-        self.0.store(down, Ordering::Relaxed);
+        self.down.store(down, Ordering::Relaxed);
     }
 }
 
@@ -61,12 +83,16 @@ pub struct Probe {
     pub retired: Arc<AtomicBool>,
 }
 
-/// Probes `probe`'s target until `down` is dropped with its snapshot.
+/// Probes `probe`'s target until its snapshot is replaced (or `down` is
+/// dropped).
 pub fn spawn(probe: Probe, down: &Arc<Down>) {
-    tokio::spawn(watch(probe, Arc::downgrade(down)));
+    static PROBERS: AtomicU64 = AtomicU64::new(1);
+    let id = PROBERS.fetch_add(1, Ordering::Relaxed);
+    down.claim(id);
+    tokio::spawn(watch(probe, id, Arc::downgrade(down)));
 }
 
-async fn watch(probe: Probe, down: Weak<Down>) {
+async fn watch(probe: Probe, id: u64, down: Weak<Down>) {
     let mut tick = tokio::time::interval(probe.check.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut streak = Streak::default();
@@ -83,18 +109,16 @@ async fn watch(probe: Probe, down: Weak<Down>) {
             return;
         }
         match streak.record(outcome.is_ok(), down.is_down()) {
-            Some(true) => {
-                down.set(true);
+            Some(true) if down.record(id, true) => {
                 let why = outcome.err().unwrap_or_default();
                 tracing::warn!(upstream = %probe.upstream, target = %probe.authority, %why,
                     "health check failed {FALL} times: target taken out");
             }
-            Some(false) => {
-                down.set(false);
+            Some(false) if down.record(id, false) => {
                 tracing::info!(upstream = %probe.upstream, target = %probe.authority,
                     "health check passed {RISE} times: target back in");
             }
-            None => {}
+            _ => {}
         }
     }
 }
@@ -148,6 +172,20 @@ async fn probe_once(p: &Probe) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_prober_that_claimed_a_target_records_verdicts() {
+        let down = Down::default();
+        down.claim(1);
+        assert!(down.record(1, true));
+        assert!(down.is_down());
+        // A reload: the new prober claims it; the old one's late verdict is dropped.
+        down.claim(2);
+        assert!(!down.record(1, false));
+        assert!(down.is_down());
+        assert!(down.record(2, false));
+        assert!(!down.is_down());
+    }
 
     #[test]
     fn a_target_goes_out_after_fall_failures_and_back_after_rise_passes() {
