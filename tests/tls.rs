@@ -3,9 +3,9 @@
 //! certificate replaced by a reload, and bad files refused at load.
 //!
 //! `tests/data/tls` holds two self-signed test certificates (P-256, for
-//! `localhost` and 127.0.0.1, valid from 2026-11-24 to 2126) and their
-//! keys, and the first key encrypted (password `test`): test material only,
-//! made with `openssl req -x509` (CA:FALSE, serverAuth) and `openssl pkcs8`.
+//! `localhost` and 127.0.0.1, valid from 2020 to 2126, CA:FALSE,
+//! serverAuth) and their keys, and the first key encrypted (password
+//! `test`, `openssl pkcs8`): test material only.
 mod support;
 
 use std::sync::Arc;
