@@ -57,6 +57,13 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
 }
 
+impl ServerConfig {
+    /// `ip` is in `trusted_proxies`: its forwarding headers are believed.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+}
+
 /// `[server] tls`: the PEM certificate chain and private key, read at load.
 /// Parsed into a `rustls` key when the snapshot is built (`server::tls`).
 pub struct TlsFiles {

@@ -195,14 +195,7 @@ fn came_over_tls(req: &Request<Incoming>, snap: &Snapshot, peer: &Peer) -> bool 
     if peer.https {
         return true;
     }
-    let ip = peer.addr.ip();
-    let trusted = snap
-        .config
-        .server
-        .trusted_proxies
-        .iter()
-        .any(|c| c.contains(ip));
-    trusted
+    snap.config.server.trusts(peer.addr.ip())
         && req
             .headers()
             .get("x-forwarded-proto")

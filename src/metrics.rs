@@ -45,7 +45,7 @@ pub struct Metrics {
     /// flood of requests without a token takes no lock another core wants.
     /// The reasons are the fixed texts the gateway answers with.
     auth_refused: Box<[Mutex<Refusals>]>,
-    logins: [AtomicU64; LOGIN_OUTCOMES.len()],
+    logins: [AtomicU64; LoginOutcome::ALL.len()],
     /// The `""` entry of `routes`: requests no route matched.
     pub unrouted: Arc<ClassCounters>,
     /// Seconds since the epoch when the counters started.
@@ -66,14 +66,28 @@ pub enum LoginOutcome {
     Error,
 }
 
-const LOGIN_OUTCOMES: [&str; 6] = [
-    "success",
-    "invalid_credentials",
-    "rate_limited",
-    "unavailable",
-    "bad_request",
-    "error",
-];
+impl LoginOutcome {
+    const ALL: [LoginOutcome; 6] = [
+        LoginOutcome::Success,
+        LoginOutcome::InvalidCredentials,
+        LoginOutcome::RateLimited,
+        LoginOutcome::Unavailable,
+        LoginOutcome::BadRequest,
+        LoginOutcome::Error,
+    ];
+
+    /// The `outcome` label.
+    fn name(self) -> &'static str {
+        match self {
+            LoginOutcome::Success => "success",
+            LoginOutcome::InvalidCredentials => "invalid_credentials",
+            LoginOutcome::RateLimited => "rate_limited",
+            LoginOutcome::Unavailable => "unavailable",
+            LoginOutcome::BadRequest => "bad_request",
+            LoginOutcome::Error => "error",
+        }
+    }
+}
 
 /// This thread's shard index (see the module docs).
 fn shard_index() -> usize {
@@ -225,15 +239,13 @@ impl Metrics {
     /// The counters of the route named `name` (`""`: no route matched),
     /// the same ones across reloads.
     pub fn route(&self, name: &str) -> Arc<ClassCounters> {
-        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(routes.entry(name.to_string()).or_default())
+        entry(&self.routes, name)
     }
 
     /// The response-time histogram of the upstream named `name`, the same
     /// one across reloads.
     pub fn upstream(&self, name: &str) -> Arc<Histogram> {
-        let mut upstreams = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(upstreams.entry(name.to_string()).or_default())
+        entry(&self.upstreams, name)
     }
 
     /// A bearer token accepted on a route that wanted one.
@@ -347,13 +359,7 @@ impl Metrics {
             "counter",
             "Proxied requests by route (host and path_prefix; \"\" when no route matched) and status class.",
         );
-        let routes: Vec<(String, Arc<ClassCounters>)> = {
-            let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-            routes
-                .iter()
-                .map(|(k, v)| (k.clone(), Arc::clone(v)))
-                .collect()
-        };
+        let routes = named(&self.routes);
         for (route, counters) in &routes {
             for (class, name) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
                 let n = counters.sum(class);
@@ -397,8 +403,9 @@ impl Metrics {
             "counter",
             "POST /auth/login by outcome.",
         );
-        for (name, n) in LOGIN_OUTCOMES.iter().zip(&self.logins) {
-            let n = n.load(Ordering::Relaxed);
+        for outcome in LoginOutcome::ALL {
+            let n = self.logins[outcome as usize].load(Ordering::Relaxed);
+            let name = outcome.name();
             let _ = writeln!(w, "gatehouse_logins_total{{outcome=\"{name}\"}} {n}");
         }
         header(
@@ -407,13 +414,7 @@ impl Metrics {
             "histogram",
             "Time from the start of an upstream exchange (a pooled or new connection, the request and any body sent so far) to the response head, by upstream; exchanges that fail or time out are not observed.",
         );
-        let upstreams: Vec<(String, Arc<Histogram>)> = {
-            let upstreams = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
-            upstreams
-                .iter()
-                .map(|(k, v)| (k.clone(), Arc::clone(v)))
-                .collect()
-        };
+        let upstreams = named(&self.upstreams);
         for (upstream, histogram) in &upstreams {
             let (buckets, sum_us) = histogram.totals();
             let name = escape(upstream);
@@ -524,6 +525,21 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The entry of a by-name registry for `name`, made if new.
+fn entry<T: Default>(registry: &Mutex<BTreeMap<String, Arc<T>>>, name: &str) -> Arc<T> {
+    let mut map = registry.lock().unwrap_or_else(|p| p.into_inner());
+    Arc::clone(map.entry(name.to_string()).or_default())
+}
+
+/// The entries of a by-name registry, copied out so no lock is held while
+/// they are rendered.
+fn named<T>(registry: &Mutex<BTreeMap<String, Arc<T>>>) -> Vec<(String, Arc<T>)> {
+    let map = registry.lock().unwrap_or_else(|p| p.into_inner());
+    map.iter()
+        .map(|(k, v)| (k.clone(), Arc::clone(v)))
+        .collect()
 }
 
 fn header(w: &mut String, name: &str, kind: &str, help: &str) {

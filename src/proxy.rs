@@ -297,8 +297,7 @@ fn rewrite_headers(
         _ => &VIA_11,
     };
     let ip = peer.addr.ip();
-    let trusted_proxies = &snap.config.server.trusted_proxies;
-    let trusted = trusted_proxies.iter().any(|c| c.contains(ip));
+    let trusted = snap.config.server.trusts(ip);
     let host = match host {
         Some(host) => Some(host),
         // HTTP/2 clients send :authority instead: it becomes the upstream's Host.

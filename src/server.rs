@@ -221,10 +221,6 @@ fn spawn_connection(
     };
     let tls = tls.cloned();
     tokio::spawn(async move {
-        // The first bytes (or the TLS handshake) must come within
-        // `header_read_timeout`: a client that connects and sends nothing
-        // (or `PRI`, or half a ClientHello, and stalls) must not hold its
-        // connection, and its permit, forever.
         let served = match tls {
             None => {
                 // hyper hides a request's Content-Length when it also has
@@ -232,42 +228,20 @@ fn spawn_connection(
                 // (SPEC §4.5: 400).
                 let (mut stream, framing) = framing::sniff(stream, max_head);
                 // The first bytes tell HTTP/1.1 from h2c.
-                let first = tokio::select! {
-                    first = tokio::time::timeout(limit, stream.read_preface()) => first,
-                    // Nothing read yet: nothing to finish.
-                    () = drain_started.started() => return,
-                };
-                let h2 = match first {
-                    Ok(Ok(h2)) => h2,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, %peer, "connection ended before a request");
-                        return;
-                    }
-                    Err(_elapsed) => {
-                        tracing::debug!(%peer, "no request within header_read_timeout");
-                        return;
-                    }
+                let first = stream.read_preface();
+                let Some(h2) = opening("request", limit, &drain_started, peer, first).await else {
+                    return;
                 };
                 serve_http(stream, framing, h2, ctx).await
             }
             Some(acceptor) => {
                 // Boxed: the handshake's state (1.3 KB) would otherwise
                 // widen every plain connection's task too.
-                let accept = Box::pin(tokio::time::timeout(limit, acceptor.accept(stream)));
-                let handshake = tokio::select! {
-                    done = accept => done,
-                    () = drain_started.started() => return,
-                };
-                let stream = match handshake {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_elapsed) => {
-                        tracing::debug!(%peer, "no TLS handshake within header_read_timeout");
-                        return;
-                    }
+                let handshake = Box::pin(acceptor.accept(stream));
+                let Some(stream) =
+                    opening("TLS handshake", limit, &drain_started, peer, handshake).await
+                else {
+                    return;
                 };
                 // ALPN tells HTTP/1.1 from HTTP/2.
                 let h2 = tls::negotiated_h2(stream.get_ref().1);
@@ -281,6 +255,36 @@ fn spawn_connection(
             Some(Ok(())) => {}
         }
     });
+}
+
+/// What `start` (a connection's first bytes, or its TLS handshake) gives,
+/// if it finishes within `limit` and before the drain starts; `None`
+/// (logged) otherwise. A client that connects and sends nothing (or `PRI`,
+/// or half a ClientHello, and stalls) must not hold its connection, and its
+/// permit, forever.
+async fn opening<T>(
+    what: &str,
+    limit: Duration,
+    drain: &Drain,
+    peer: SocketAddr,
+    start: impl Future<Output = std::io::Result<T>>,
+) -> Option<T> {
+    let done = tokio::select! {
+        done = tokio::time::timeout(limit, start) => done,
+        // Nothing read yet: nothing to finish.
+        () = drain.started() => return None,
+    };
+    match done {
+        Ok(Ok(opened)) => Some(opened),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, %peer, "connection ended before its {what}");
+            None
+        }
+        Err(_elapsed) => {
+            tracing::debug!(%peer, "no {what} within header_read_timeout");
+            None
+        }
+    }
 }
 
 /// Serves HTTP/1.1 (with upgrades) or HTTP/2 on `stream` to its end.

@@ -155,16 +155,24 @@ async fn a_refusing_target_is_taken_out_without_a_502() {
     assert_eq!(live.hits.load(Ordering::SeqCst), 6);
 }
 
-/// The probes belong to the snapshot: a reload without `health_check`
-/// stops them, and the target they had taken out is served again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_without_health_check_stops_the_probes() {
+/// A healthy target and `b`, failing: the gateway (probing every 100 ms)
+/// once `b`'s probes have taken it out, and the two targets' addresses.
+async fn b_taken_out() -> (TestUpstream, Flaky, [String; 2], TestGateway) {
     let a = TestUpstream::start().await;
     let b = Flaky::default();
     let b_addr = b.start().await;
     let targets = [a.addr.to_string(), b_addr.to_string()];
     let gw = TestGateway::start(&config(&targets, EVERY_100MS)).await;
+    // Three failed probes, and one more to be past the third's verdict.
     probes_after(&b, 0, 4).await;
+    (a, b, targets, gw)
+}
+
+/// The probes belong to the snapshot: a reload without `health_check`
+/// stops them, and the target they had taken out is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_without_health_check_stops_the_probes() {
+    let (_a, b, targets, gw) = b_taken_out().await;
     assert_eq!(share_of(&gw, &b, 4).await, 0);
 
     let path = write_config(gw.dir.path(), &config(&targets, ""));
@@ -182,12 +190,7 @@ async fn a_reload_without_health_check_stops_the_probes() {
 /// even while a request still holds that snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeping_health_check_keeps_a_target_out_and_does_not_double_the_probes() {
-    let a = TestUpstream::start().await;
-    let b = Flaky::default();
-    let b_addr = b.start().await;
-    let targets = [a.addr.to_string(), b_addr.to_string()];
-    let gw = TestGateway::start(&config(&targets, EVERY_100MS)).await;
-    probes_after(&b, 0, 4).await;
+    let (_a, b, targets, gw) = b_taken_out().await;
     // A slow request holds the old snapshot across the reload.
     let slow = tokio::spawn({
         let url = gw.url("/slow/3000");

@@ -157,6 +157,16 @@ async fn held_response_upstream(release: Arc<Notify>) -> std::net::SocketAddr {
     .await
 }
 
+/// Lets [`held_response_upstream`] send the rest, and reads it.
+async fn rest_once_released(body: Incoming, release: &Notify) -> Bytes {
+    release.notify_one();
+    tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("the rest arrived once released")
+        .unwrap()
+        .to_bytes()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_bytes_reach_the_client_before_the_upstream_has_finished() {
     let release = Arc::new(Notify::new());
@@ -178,13 +188,7 @@ async fn response_bytes_reach_the_client_before_the_upstream_has_finished() {
         .unwrap()
         .unwrap();
     assert_eq!(first.into_data().unwrap(), "first");
-    release.notify_one();
-    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
-        .await
-        .expect("the rest arrived once released")
-        .unwrap()
-        .to_bytes();
-    assert_eq!(rest, "second");
+    assert_eq!(rest_once_released(body, &release).await, "second");
 }
 
 /// An upstream that reports (through `got_first`) as soon as the first
@@ -546,13 +550,7 @@ async fn an_h2c_response_longer_than_header_read_timeout_arrives_whole() {
     assert_eq!(first.into_data().unwrap(), "first");
     // Three times the limit with the body still open.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    release.notify_one();
-    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
-        .await
-        .expect("the rest arrived once released")
-        .unwrap()
-        .to_bytes();
-    assert_eq!(rest, "second");
+    assert_eq!(rest_once_released(body, &release).await, "second");
 }
 
 /// With `request_timeout` equal to the upstream's `timeout` (as by

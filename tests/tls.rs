@@ -77,6 +77,15 @@ async fn handshake(gw: &TestGateway, cert: &str, alpn: &[u8]) -> std::io::Result
     connector(cert, alpn).connect(name, tcp).await
 }
 
+/// An HTTP/1.1 client over an established TLS connection.
+async fn http1_over(tls: Tls) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 fn get_x() -> Request<Empty<Bytes>> {
     let token = sign(Algorithm::HS256, Some("hs"), &claims("alice"));
     Request::get("https://localhost/x")
@@ -99,10 +108,7 @@ async fn https_over_http1_and_h2_reaches_the_upstream_as_https() {
 
     let tls = handshake(&gw, A_CERT, b"http/1.1").await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1_over(tls).await;
     let rsp = sender.send_request(get_x()).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::OK);
     assert_eq!(rsp.version(), Version::HTTP_11);
@@ -126,10 +132,7 @@ async fn https_over_http1_and_h2_reaches_the_upstream_as_https() {
 
     // The client's own X-Forwarded-Proto is replaced (it is no trusted proxy).
     let tls = handshake(&gw, A_CERT, b"http/1.1").await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1_over(tls).await;
     let mut req = get_x();
     req.headers_mut()
         .insert("x-forwarded-proto", "gopher".parse().unwrap());
@@ -180,10 +183,7 @@ async fn a_reload_replaces_the_certificate() {
     gw.shared.store_snapshot(Snapshot::load(&path).unwrap());
     assert!(handshake(&gw, A_CERT, b"http/1.1").await.is_err());
     let tls = handshake(&gw, B_CERT, b"http/1.1").await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1_over(tls).await;
     assert_eq!(
         sender.send_request(get_x()).await.unwrap().status(),
         StatusCode::OK
@@ -237,6 +237,24 @@ async fn bad_certificate_files_are_refused_at_load_with_their_line() {
             "{message}: {err}"
         );
     }
+    // The table itself: both files named, nothing else.
+    for (table, message) in [
+        (
+            config.replace(", key = \"key.pem\"", ""),
+            "missing field `key`",
+        ),
+        (
+            config.replace("key = \"key.pem\"", "key = \"key.pem\", chain = \"x\""),
+            "unknown field `chain`",
+        ),
+    ] {
+        let files = [("cert.pem", A_CERT), ("key.pem", A_KEY)];
+        let err = match TestGateway::try_start_with_files(&table, &files).await {
+            Ok(_) => panic!("{message}: started"),
+            Err(e) => e,
+        };
+        assert!(err.contains(message), "{message}: {err}");
+    }
 }
 
 /// OpenID discovery built from the request's Host names `https://` URLs
@@ -247,10 +265,7 @@ async fn discovery_over_tls_advertises_https_urls() {
     let up = TestUpstream::start().await;
     let gw = tls_gateway(up.addr).await;
     let tls = handshake(&gw, A_CERT, b"http/1.1").await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1_over(tls).await;
     let req = Request::get("/.well-known/openid-configuration")
         .header("host", "gw.example")
         .body(Empty::<Bytes>::new())

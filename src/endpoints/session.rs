@@ -255,13 +255,7 @@ pub async fn logout_all(
 /// trusted proxy, the rightmost `X-Forwarded-For` hop that is not one (the
 /// same reading as the proxy path's).
 fn client_ip(headers: &http::HeaderMap, peer: &Peer, snap: &Snapshot) -> IpAddr {
-    let trusted = |ip: IpAddr| {
-        snap.config
-            .server
-            .trusted_proxies
-            .iter()
-            .any(|c| c.contains(ip))
-    };
+    let trusted = |ip: IpAddr| snap.config.server.trusts(ip);
     let mut client = peer.addr.ip();
     if !trusted(client) {
         return client;

@@ -87,6 +87,9 @@ impl Drop for StreamGuard {
 
 /// A response body that keeps its stream counted open until hyper drops it
 /// (the request body holds it too: see `body::Hold`).
+/// (A struct, not `BodyExt::map_frame` with the guard in its closure:
+/// `MapFrame` does not pass `size_hint` on, and h2 would lose the
+/// response's length.)
 pub struct Tracked {
     inner: Body,
     _stream: Arc<StreamGuard>,
