@@ -108,7 +108,8 @@ fn bench(c: &mut Criterion) {
     // The same token again on one client connection: compared with the one
     // the connection remembers, no digest and no moka.
     let last = gatehouse::auth::LastToken::default();
-    snap.cache.set_last(&last, hs.as_bytes(), &claims);
+    snap.cache
+        .set_last(&last, hs.as_bytes(), &claims, snap.cache.epoch());
     c.bench_function("last_token_hit", |b| {
         b.iter(|| snap.cache.get_last(&last, black_box(hs.as_bytes())))
     });
@@ -142,7 +143,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("cache_insert_evicting", |b| {
         b.iter(|| {
             let key = small.key(next.next().unwrap().as_bytes());
-            small.insert_key(key, Arc::clone(&claims))
+            small.insert_key(key, Arc::clone(&claims), small.epoch())
         })
     });
 

@@ -14,6 +14,7 @@ pub mod jwks;
 pub mod keygen;
 pub mod keys;
 pub mod password;
+pub mod remote;
 pub mod verify;
 
 use base64::Engine;

@@ -142,6 +142,17 @@ pub struct IssuerSpec {
     pub audiences: Option<Vec<String>>,
     /// `None`: the algorithms of its keys.
     pub algorithms: Option<Vec<Algorithm>>,
+    /// `jwks_url`: keys fetched from the issuer, besides `keys`.
+    pub jwks: Option<JwksSpec>,
+}
+
+/// Where an issuer publishes its keys, and how often to look again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksSpec {
+    /// An `http://` or `https://` URL.
+    pub url: http::Uri,
+    /// `jwks_refresh`: the time between fetches (default 10 minutes).
+    pub refresh: Duration,
 }
 
 #[derive(Debug)]

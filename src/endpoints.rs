@@ -85,8 +85,8 @@ pub async fn serve(
         Endpoint::Refresh => session::refresh(req, gw, snap).await,
         Endpoint::Logout => session::logout(req, gw, snap).await,
         Endpoint::LogoutAll => session::logout_all(&req, gw, snap).await,
-        Endpoint::Me => me(&req, gw, snap),
-        Endpoint::Verify => verify(&req, gw, snap, peer),
+        Endpoint::Me => me(&req, gw, snap).await,
+        Endpoint::Verify => verify(&req, gw, snap, peer).await,
         Endpoint::Jwks => Ok(public_json(&crate::auth::jwks::jwks(&snap.keys))),
         Endpoint::OpenIdConfiguration => Ok(openid_configuration(&req, snap, peer)),
     };
@@ -99,7 +99,7 @@ pub async fn serve(
 
 /// The caller behind the request's bearer token: verified (or cached) and
 /// not revoked.
-fn caller(
+async fn caller(
     req: &Request<Incoming>,
     gw: &Gateway,
     snap: &Snapshot,
@@ -109,7 +109,7 @@ fn caller(
         Ok(None) => return Err(GatewayError::MissingToken),
         Err(_) => return Err(GatewayError::MalformedAuthorization),
     };
-    let claims = crate::proxy::verify_cached(token, snap)?;
+    let claims = crate::proxy::verify_fetching(token, snap).await?;
     gw.revocations
         .check(claims.revocation_ref())
         .map_err(GatewayError::InvalidToken)?;
@@ -117,12 +117,12 @@ fn caller(
 }
 
 /// `GET /auth/me`: the verified claims.
-fn me(
+async fn me(
     req: &Request<Incoming>,
     gw: &Gateway,
     snap: &Snapshot,
 ) -> Result<Response<Body>, GatewayError> {
-    let claims = caller(req, gw, snap)?;
+    let claims = caller(req, gw, snap).await?;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::Value::Object(claims.claims()),
@@ -134,7 +134,7 @@ fn me(
 /// (`X-Forwarded-Uri` or `X-Original-URI`, `X-Forwarded-Method`,
 /// `X-Forwarded-Host`), and its rules apply. 200 carries the identity
 /// headers the upstream should receive.
-fn verify(
+async fn verify(
     req: &Request<Incoming>,
     gw: &Gateway,
     snap: &Snapshot,
@@ -177,7 +177,7 @@ fn verify(
         .routes
         .find(&method, host, path)
         .ok_or(GatewayError::NoRoute)?;
-    let caller = crate::proxy::admit(h, route, snap, &gw.revocations, &peer.last_token)?;
+    let caller = crate::proxy::admit(h, route, snap, &gw.revocations, &peer.last_token).await?;
     let mut rsp = Response::new(body::empty());
     if let Some(c) = caller {
         for (name, value) in c.identity_headers() {

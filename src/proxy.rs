@@ -18,7 +18,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
 use hyper::body::{Body as _, Incoming};
 
-use crate::auth::{BearerToken, LastToken, VerifiedClaims, bearer};
+use crate::auth::{BearerToken, LastToken, Rejected, VerifiedClaims, bearer};
 use crate::body::{self, Body, BodyState, Deadline, Hold};
 use crate::config::AuthMode;
 use crate::error::GatewayError;
@@ -121,7 +121,7 @@ async fn handle_inner<'s>(
         .find(req.method(), host_str, req.uri().path())
         .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(route);
-    let caller = admit(req.headers(), route, snap, revocations, &peer.last_token)?;
+    let caller = admit(req.headers(), route, snap, revocations, &peer.last_token).await?;
     ctx.caller = caller;
     let seen = Seen::scan(req.headers(), Some(snap.verifier.identity()));
     // Read before the hop-by-hop headers go: they carry the upgrade request.
@@ -173,14 +173,21 @@ async fn handle_inner<'s>(
 /// access rules. `/auth/verify` runs the same steps. `last` is the client
 /// connection's last token, asked before the cache. The outcome is counted
 /// for `/metrics`.
-pub(crate) fn admit(
+pub(crate) async fn admit(
     headers: &HeaderMap,
     route: &Route,
     snap: &Snapshot,
     revocations: &Revocations,
     last: &LastToken,
 ) -> Result<Option<Arc<VerifiedClaims>>, GatewayError> {
-    let admitted = admit_uncounted(headers, route, snap, revocations, last);
+    let mut admitted = admit_uncounted(headers, route, snap, revocations, last);
+    if let Err(GatewayError::InvalidToken(why)) = admitted
+        && Rejected::awaits_keys(why)
+        && let Ok(Some(token)) = bearer::extract(headers)
+        && refetched(token, snap).await
+    {
+        admitted = admit_uncounted(headers, route, snap, revocations, last);
+    }
     match &admitted {
         Ok(Some(_)) => snap.metrics.auth_ok(),
         Ok(None) => {}
@@ -250,9 +257,38 @@ fn verify_remembered(
         snap.metrics.cache_hit();
         return Ok(hit);
     }
+    let epoch = snap.cache.epoch();
     let claims = verify_cached(token, snap)?;
-    snap.cache.set_last(last, bytes, &claims);
+    snap.cache.set_last(last, bytes, &claims, epoch);
     Ok(claims)
+}
+
+/// [`verify_cached`], and once more after a fetch of the issuer's JWK Set
+/// when the token names a key its issuer does not have (yet).
+pub(crate) async fn verify_fetching(
+    token: BearerToken<'_>,
+    snap: &Snapshot,
+) -> Result<Arc<VerifiedClaims>, GatewayError> {
+    match verify_cached(token, snap) {
+        Err(GatewayError::InvalidToken(why))
+            if Rejected::awaits_keys(why) && refetched(token, snap).await =>
+        {
+            verify_cached(token, snap)
+        }
+        verified => verified,
+    }
+}
+
+/// Fetches `token`'s issuer's JWK Set again (see [`Verifier::refetched`]);
+/// whether verifying it again is worth it. Boxed: a request that never
+/// gets here does not carry its state.
+///
+/// [`Verifier::refetched`]: crate::auth::Verifier::refetched
+async fn refetched(token: BearerToken<'_>, snap: &Snapshot) -> bool {
+    match token.check_syntax() {
+        Ok(token) => Box::pin(snap.verifier.refetched(token)).await,
+        Err(_) => false,
+    }
 }
 
 /// The verified claims of `token`: from the cache, or verified and cached.
@@ -266,6 +302,7 @@ pub(crate) fn verify_cached(
         return Ok(hit);
     }
     snap.metrics.cache_miss();
+    let epoch = snap.cache.epoch();
     let token = token
         .check_syntax()
         .map_err(|_| GatewayError::MalformedAuthorization)?;
@@ -274,7 +311,7 @@ pub(crate) fn verify_cached(
         .verify(token)
         .map_err(|r| GatewayError::InvalidToken(r.0))?;
     let claims = snap.cache.seal(claims);
-    snap.cache.insert_key(key, Arc::clone(&claims));
+    snap.cache.insert_key(key, Arc::clone(&claims), epoch);
     Ok(claims)
 }
 

@@ -61,10 +61,11 @@ impl Gateway {
         }
         let metrics = Arc::clone(&snap.metrics);
         snap.attach_metrics(&metrics);
-        snap.start_background();
+        let snap = Arc::new(snap);
+        Snapshot::start_background(&snap);
         Ok(Gateway {
             metrics,
-            snapshot: ArcSwap::from_pointee(snap),
+            snapshot: ArcSwap::new(snap),
             store,
             revocations,
         })
@@ -91,7 +92,8 @@ impl Gateway {
 
     /// Replaces the snapshot (SIGHUP). The new one carries on what the old
     /// one's health checks found (a target they took out stays out until
-    /// it passes again), and the old one's probes stop.
+    /// it passes again) and the keys it fetched from `jwks_url`s, and the
+    /// old one's background tasks stop.
     pub fn store_snapshot(&self, mut snap: Snapshot) {
         snap.attach_metrics(&self.metrics);
         let old = self.snapshot.load_full();
@@ -100,11 +102,25 @@ impl Gateway {
                 u.carry_health_from(before);
             }
         }
-        snap.start_background();
-        self.snapshot.store(Arc::new(snap));
+        for remote in snap.verifier.remotes() {
+            for before in old.verifier.remotes() {
+                remote.carry_from(before);
+            }
+        }
+        let snap = Arc::new(snap);
+        Snapshot::start_background(&snap);
+        self.snapshot.store(snap);
         for u in &old.upstreams {
             u.stop_health_checks();
         }
+        for remote in old.verifier.remotes() {
+            remote.retire();
+        }
+    }
+
+    /// Whether what requests need is in place: every `jwks_url` fetched.
+    pub fn keys_ready(&self) -> bool {
+        self.snapshot.load().verifier.keys_ready()
     }
 }
 
@@ -120,11 +136,20 @@ impl Snapshot {
     }
 
     /// Starts what a served snapshot runs in the background (the upstreams'
-    /// health checks). [`Gateway::store_snapshot`] stops it when it
-    /// replaces the snapshot: the only way a served snapshot is replaced.
-    fn start_background(&self) {
-        for u in &self.upstreams {
+    /// health checks, the `jwks_url` fetches). [`Gateway::store_snapshot`]
+    /// stops it when it replaces the snapshot: the only way a served
+    /// snapshot is replaced.
+    fn start_background(this: &Arc<Snapshot>) {
+        for u in &this.upstreams {
             u.start_health_checks();
+        }
+        for remote in this.verifier.remotes() {
+            let snap = Arc::downgrade(this);
+            crate::auth::remote::spawn(remote, move || {
+                if let Some(snap) = snap.upgrade() {
+                    snap.cache.clear();
+                }
+            });
         }
     }
 

@@ -38,15 +38,14 @@ use siphasher::sip128::SipHasher13;
 
 use super::VerifiedClaims;
 
-/// Cloning is an `Arc` bump (moka caches are shared handles).
-#[derive(Clone)]
 pub struct ClaimsCache {
     inner: Cache<Key, Arc<VerifiedClaims>, KeyHash>,
     /// The keyed hash behind [`Key`] (its key is secret, drawn at start).
     digest: SipHasher13,
     /// Tells this cache (so this snapshot's keys and rules) from every
-    /// other: a [`LastToken`] remembered under another is not used.
-    id: u64,
+    /// other, and from itself before [`ClaimsCache::clear`]: a
+    /// [`LastToken`] remembered under another id is not used.
+    id: AtomicU64,
     max_ttl: Duration,
 }
 
@@ -142,6 +141,12 @@ impl Expiry<Key, Arc<VerifiedClaims>> for UntilExp {
     }
 }
 
+/// A cache id no cache has had.
+fn next_id() -> u64 {
+    static IDS: AtomicU64 = AtomicU64::new(0);
+    IDS.fetch_add(1, Ordering::Relaxed)
+}
+
 impl ClaimsCache {
     pub fn new(max_entries: u64, max_ttl: Duration) -> Self {
         let inner = Cache::builder()
@@ -152,11 +157,10 @@ impl ClaimsCache {
         aws_lc_rs::rand::fill(&mut secret).expect("the system RNG is available");
         let (k0, k1) = secret.split_at(8);
         let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
-        static IDS: AtomicU64 = AtomicU64::new(0);
         ClaimsCache {
             inner,
             digest: SipHasher13::new_with_keys(word(k0), word(k1)),
-            id: IDS.fetch_add(1, Ordering::Relaxed),
+            id: AtomicU64::new(next_id()),
             max_ttl,
         }
     }
@@ -174,13 +178,35 @@ impl ClaimsCache {
     pub fn get_last(&self, last: &LastToken, token: &[u8]) -> Option<Arc<VerifiedClaims>> {
         let last = last.0.lock().unwrap_or_else(PoisonError::into_inner);
         let last = last.as_ref()?;
-        let same = last.cache == self.id
+        let same = last.cache == self.id.load(Ordering::Acquire)
             && aws_lc_rs::constant_time::verify_slices_are_equal(&last.token, token).is_ok();
         (same && servable(&last.claims)).then(|| Arc::clone(&last.claims))
     }
 
-    /// Remembers `token` and its `claims` in `last`, in place of what it held.
-    pub fn set_last(&self, last: &LastToken, token: &[u8], claims: &Arc<VerifiedClaims>) {
+    /// Which state of this cache a lookup saw: read it before verifying,
+    /// and hand it to [`ClaimsCache::set_last`] and
+    /// [`ClaimsCache::insert_key`] after, so that claims verified before a
+    /// [`ClaimsCache::clear`] are not kept past it.
+    pub fn epoch(&self) -> u64 {
+        self.id.load(Ordering::Acquire)
+    }
+
+    /// Empties the cache and makes every connection's [`LastToken`]
+    /// stale: the keys behind what it holds have changed.
+    pub fn clear(&self) {
+        self.id.store(next_id(), Ordering::Release);
+        self.inner.invalidate_all();
+    }
+
+    /// Remembers `token` and its `claims` in `last`, in place of what it
+    /// held, as of `epoch` ([`ClaimsCache::epoch`] before verifying).
+    pub fn set_last(
+        &self,
+        last: &LastToken,
+        token: &[u8],
+        claims: &Arc<VerifiedClaims>,
+        epoch: u64,
+    ) {
         if token.len() > LAST_TOKEN_MAX {
             return;
         }
@@ -188,14 +214,14 @@ impl ClaimsCache {
         match &mut *last {
             // The buffer is reused: no allocation when tokens take turns.
             Some(l) => {
-                l.cache = self.id;
+                l.cache = epoch;
                 l.token.clear();
                 l.token.extend_from_slice(token);
                 l.claims = Arc::clone(claims);
             }
             None => {
                 *last = Some(Last {
-                    cache: self.id,
+                    cache: epoch,
                     token: token.to_vec(),
                     claims: Arc::clone(claims),
                 });
@@ -225,15 +251,21 @@ impl ClaimsCache {
     /// Remembers a token that passed verification, sealed
     /// ([`ClaimsCache::seal`]) so that `max_ttl` bounds it too.
     pub fn insert(&self, token: &str, claims: VerifiedClaims) -> Arc<VerifiedClaims> {
+        let epoch = self.epoch();
         let claims = self.seal(claims);
-        self.insert_key(self.key(token.as_bytes()), Arc::clone(&claims));
+        self.insert_key(self.key(token.as_bytes()), Arc::clone(&claims), epoch);
         claims
     }
 
-    /// Like [`ClaimsCache::insert`], with the digest computed once by the caller.
-    pub fn insert_key(&self, key: Key, claims: Arc<VerifiedClaims>) {
+    /// Like [`ClaimsCache::insert`], with the digest computed once by the
+    /// caller, for claims verified as of `epoch` ([`ClaimsCache::epoch`]).
+    pub fn insert_key(&self, key: Key, claims: Arc<VerifiedClaims>, epoch: u64) {
         if servable(&claims) {
             self.inner.insert(key, claims);
+            // A clear since `epoch` may have missed this insert: undo it.
+            if self.epoch() != epoch {
+                self.inner.invalidate(&key);
+            }
         }
     }
 
@@ -283,7 +315,7 @@ mod tests {
         let last = LastToken::default();
         assert!(cache.get_last(&last, b"token-a").is_none());
         let a = cache.seal(claims("a", in_an_hour()));
-        cache.set_last(&last, b"token-a", &a);
+        cache.set_last(&last, b"token-a", &a, cache.epoch());
         let hit = cache.get_last(&last, b"token-a").expect("remembered");
         assert_eq!(hit.subject(), Some("a"));
         // Same length, one byte off; a prefix; a longer token.
@@ -292,7 +324,7 @@ mod tests {
         assert!(cache.get_last(&last, b"token-aa").is_none());
         // A new token takes the place of the old one.
         let b = cache.seal(claims("b", in_an_hour()));
-        cache.set_last(&last, b"token-b", &b);
+        cache.set_last(&last, b"token-b", &b, cache.epoch());
         assert!(cache.get_last(&last, b"token-a").is_none());
         assert_eq!(
             cache.get_last(&last, b"token-b").unwrap().subject(),
@@ -305,15 +337,38 @@ mod tests {
         let old = ClaimsCache::new(10, HOUR);
         let last = LastToken::default();
         let a = old.seal(claims("a", in_an_hour()));
-        old.set_last(&last, b"token-a", &a);
+        old.set_last(&last, b"token-a", &a, old.epoch());
         // After a reload: a new snapshot, a new cache, new keys maybe.
         let new = ClaimsCache::new(10, HOUR);
         assert!(new.get_last(&last, b"token-a").is_none());
         assert!(old.get_last(&last, b"token-a").is_some());
         // Expired since it was remembered.
         let gone = Arc::new(claims("g", (now() - Duration::from_secs(1)).as_secs()));
-        old.set_last(&last, b"token-g", &gone);
+        old.set_last(&last, b"token-g", &gone, old.epoch());
         assert!(old.get_last(&last, b"token-g").is_none());
+    }
+
+    #[test]
+    fn clear_forgets_entries_remembered_tokens_and_inserts_verified_before_it() {
+        let cache = ClaimsCache::new(10, HOUR);
+        let last = LastToken::default();
+        let a = cache.insert("token-a", claims("a", in_an_hour()));
+        cache.set_last(&last, b"token-a", &a, cache.epoch());
+        let before = cache.epoch();
+        cache.clear();
+        assert!(cache.get("token-a").is_none());
+        assert!(cache.get_last(&last, b"token-a").is_none());
+        // Verified before the clear, stored after it: neither is kept.
+        let b = cache.seal(claims("b", in_an_hour()));
+        cache.insert_key(cache.key(b"token-b"), Arc::clone(&b), before);
+        cache.set_last(&last, b"token-b", &b, before);
+        assert!(cache.get("token-b").is_none());
+        assert!(cache.get_last(&last, b"token-b").is_none());
+        // Verified after it: kept.
+        cache.insert_key(cache.key(b"token-b"), Arc::clone(&b), cache.epoch());
+        cache.set_last(&last, b"token-b", &b, cache.epoch());
+        assert!(cache.get("token-b").is_some());
+        assert!(cache.get_last(&last, b"token-b").is_some());
     }
 
     #[test]
@@ -321,7 +376,12 @@ mod tests {
         let cache = ClaimsCache::new(10, HOUR);
         let last = LastToken::default();
         let long = vec![b'a'; LAST_TOKEN_MAX + 1];
-        cache.set_last(&last, &long, &cache.seal(claims("a", in_an_hour())));
+        cache.set_last(
+            &last,
+            &long,
+            &cache.seal(claims("a", in_an_hour())),
+            cache.epoch(),
+        );
         assert!(cache.get_last(&last, &long).is_none());
     }
 }

@@ -48,6 +48,69 @@ pub struct Key {
     pub jwk: Option<Map<String, Value>>,
 }
 
+impl Key {
+    /// A verify-only key from an issuer's JWK Set (`jwks_url`): `public` as
+    /// [`VerifyingKey::public`] takes it (RSA as PKCS#1, see [`rsa_pkcs1`]).
+    /// It never signs and is never republished in gatehouse's own JWK Set.
+    ///
+    /// # Errors
+    /// Material aws-lc refuses for `alg`, or an RSA modulus under 2048 bits.
+    pub fn fetched(id: &str, alg: Algorithm, public: &[u8]) -> Result<Key, String> {
+        if let Family::Rsa = family(alg) {
+            let key = aws_lc_rs::rsa::PublicKey::from_der(public).map_err(|e| e.to_string())?;
+            // RFC 7518 §3.3: 2048 bits or more (aws-lc would refuse each signature).
+            if key.modulus().big_endian_without_leading_zero().len() < 256 {
+                return Err("RSA modulus shorter than 2048 bits".into());
+            }
+        }
+        Ok(Key {
+            id: id.to_string(),
+            algorithm: alg,
+            verifying: VerifyingKey::public(alg, public)?,
+            encoding: None,
+            sign: false,
+            jwk: None,
+        })
+    }
+}
+
+/// The DER of a PKCS#1 `RSAPublicKey` (RFC 8017 §A.1.1): `SEQUENCE {
+/// modulus INTEGER, publicExponent INTEGER }`, from a JWK's `n` and `e`
+/// (unsigned big-endian).
+pub fn rsa_pkcs1(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn der_len(out: &mut Vec<u8>, len: usize) {
+        match len {
+            0..=0x7f => out.push(len as u8),
+            _ => {
+                let bytes = len.to_be_bytes();
+                let skip = bytes.iter().take_while(|&&b| b == 0).count();
+                out.push(0x80 | (bytes.len() - skip) as u8);
+                out.extend_from_slice(&bytes[skip..]);
+            }
+        }
+    }
+    fn integer(out: &mut Vec<u8>, unsigned: &[u8]) {
+        let skip = unsigned.iter().take_while(|&&b| b == 0).count();
+        let digits = &unsigned[skip..];
+        // A leading zero keeps a high first bit from reading as negative.
+        let pad = digits.first().is_none_or(|&b| b & 0x80 != 0);
+        out.push(0x02);
+        der_len(out, digits.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(digits);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.push(0x30);
+    der_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
+}
+
 /// Every key, in config order (the first signing key signs). Cloning a key
 /// out is an `Arc` bump.
 #[derive(Default)]
@@ -770,6 +833,38 @@ pub(crate) mod tests {
         for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
             assert!(VerifyingKey::public(alg, &der).is_err());
         }
+    }
+
+    #[test]
+    fn rsa_pkcs1_rebuilds_the_der_aws_lc_wrote() {
+        let key = test_keys().set.get("RS256").unwrap();
+        let jwk = key.jwk.as_ref().unwrap();
+        let b64 = |name: &str| URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap()).unwrap();
+        let der = rsa_pkcs1(&b64("n"), &b64("e"));
+        let parsed = aws_lc_rs::rsa::PublicKey::from_der(&der).unwrap();
+        assert_eq!(parsed.as_ref(), &der[..]);
+        // And it verifies what the configured key signed.
+        let fetched = Key::fetched("RS256", Algorithm::RS256, &der).unwrap();
+        let (message, signature) = signed(key);
+        assert!(fetched.verifying.verify(message.as_bytes(), &signature));
+        // Leading zeros of the JWK's integers are not significant.
+        let mut padded = vec![0, 0];
+        padded.extend(b64("n"));
+        assert_eq!(rsa_pkcs1(&padded, &b64("e")), der);
+        // Short lengths and high bits.
+        assert_eq!(
+            rsa_pkcs1(&[0x80], &[1, 0, 1]),
+            [0x30, 9, 2, 2, 0, 0x80, 2, 3, 1, 0, 1]
+        );
+    }
+
+    #[test]
+    fn fetched_rsa_keys_under_2048_bits_are_refused() {
+        let short = rsa_pkcs1(&[0xc5; 128], &[1, 0, 1]);
+        let err = Key::fetched("k", Algorithm::RS256, &short).err().unwrap();
+        assert!(err.contains("2048"), "{err}");
+        assert!(Key::fetched("k", Algorithm::RS256, b"not der").is_err());
+        assert!(Key::fetched("k", Algorithm::HS256, &[0; 32]).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::claims::{Claims, JoseHeader};
 
 use super::keys::{Key, KeySet};
+use super::remote::RemoteKeys;
 use super::{Identity, VerifiedClaims};
 use crate::config::{IssuerSpec, TokensConfig};
 
@@ -26,6 +27,19 @@ pub const MAX_TOKEN_BYTES: usize = 8192;
 /// Why a token was refused: the `error_description` of a 401 `invalid_token`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rejected(pub &'static str);
+
+impl Rejected {
+    /// The token names a `kid` its issuer does not have.
+    pub const UNKNOWN_KID: Rejected = Rejected("unknown kid");
+    /// The issuer's `jwks_url` has not been fetched yet.
+    pub const KEYS_NOT_FETCHED: Rejected = Rejected("the issuer's keys are not fetched yet");
+
+    /// Whether fetching the issuer's JWK Set again may change the outcome
+    /// (see [`Verifier::refetched`]).
+    pub fn awaits_keys(why: &str) -> bool {
+        why == Self::UNKNOWN_KID.0 || why == Self::KEYS_NOT_FETCHED.0
+    }
+}
 
 /// Verifies tokens for every configured issuer.
 pub struct Verifier {
@@ -61,6 +75,8 @@ struct Issuer {
     audiences: Option<Box<[String]>>,
     /// Each verifies only with its own algorithm.
     keys: Vec<Arc<Key>>,
+    /// `jwks_url`: more keys, fetched.
+    remote: Option<Arc<RemoteKeys>>,
 }
 
 /// The header fields this gateway looks at; anything it would have to follow
@@ -150,6 +166,7 @@ impl Verifier {
                 iss: Some(tokens.issuer.clone()),
                 audiences: Some(Box::new([tokens.audience.clone()])),
                 keys: own_keys,
+                remote: None,
             });
         }
         for spec in issuers {
@@ -164,11 +181,16 @@ impl Verifier {
                 })
                 .cloned()
                 .collect();
+            let remote = spec.jwks.clone().map(|jwks| {
+                let name = spec.issuer.as_deref().unwrap_or("(no iss)");
+                Arc::new(RemoteKeys::new(name, jwks, spec.algorithms.as_deref()))
+            });
             out.push(Issuer {
                 own: false,
                 iss: spec.issuer.clone(),
                 audiences: spec.audiences.clone().map(Into::into),
                 keys,
+                remote,
             });
         }
         Verifier {
@@ -187,6 +209,44 @@ impl Verifier {
     /// Signature checks so far: tests and metrics use it to see cache hits.
     pub fn signature_checks(&self) -> u64 {
         self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    /// The `jwks_url` issuers' fetched keys.
+    pub fn remotes(&self) -> impl Iterator<Item = &Arc<RemoteKeys>> {
+        self.issuers.iter().filter_map(|i| i.remote.as_ref())
+    }
+
+    /// Whether every `jwks_url` issuer has fetched its keys (`/readyz`).
+    pub fn keys_ready(&self) -> bool {
+        self.remotes().all(|r| r.is_fetched())
+    }
+
+    /// After `token` was refused for a reason [`Rejected::awaits_keys`]
+    /// names: fetches its issuer's JWK Set again (rate-limited, see
+    /// [`RemoteKeys::refetched`]) and says whether verifying it once more
+    /// is worth it.
+    pub async fn refetched(&self, token: &str) -> bool {
+        let Some(remote) = self.remote_for(token) else {
+            return false;
+        };
+        remote.refetched().await
+    }
+
+    /// The fetched keys of `token`'s issuer, read from its `iss` (unverified).
+    fn remote_for(&self, token: &str) -> Option<&RemoteKeys> {
+        let (_, payload, _) = segments(token)?;
+        let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
+        let claims = Claims::parse(&json).ok()?;
+        let iss = match claims.str("iss") {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(())) => return None,
+        };
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.iss.as_deref() == iss.as_deref())?;
+        issuer.remote.as_deref()
     }
 
     /// Verifies `token` completely (no cache).
@@ -275,11 +335,43 @@ impl Verifier {
             .iter()
             .find(|i| i.iss.as_deref() == iss.as_deref())
             .ok_or(Rejected("unknown issuer"))?;
-        let key = issuer.key_for(header.kid.as_deref(), header.alg)?;
-        self.signature_checks.fetch_add(1, Ordering::Relaxed);
+        let fetched = issuer.remote.as_ref().map(|r| r.keys());
+        let fetched = fetched.as_deref().map_or(&[][..], |f| &f[..]);
+        let keys = issuer.keys.iter().chain(fetched.iter().map(|f| &f.key));
         let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
-        // With `key.algorithm` (never the header's choice, though they are equal here).
-        if key.verifying.verify(signed.as_bytes(), signature) {
+        let checked = || self.signature_checks.fetch_add(1, Ordering::Relaxed);
+        // Each key with `key.algorithm` only (never the header's choice,
+        // though they are equal here).
+        let ok = match header.kid.as_deref() {
+            Some(kid) => {
+                let mut named = keys.filter(|k| *k.id == *kid).peekable();
+                if named.peek().is_none() {
+                    return Err(issuer.missing(Rejected::UNKNOWN_KID));
+                }
+                let key = named
+                    .find(|k| k.algorithm == header.alg)
+                    .ok_or(Rejected("algorithm not allowed"))?;
+                checked();
+                key.verifying.verify(signed.as_bytes(), signature)
+            }
+            // PyJWT-style tokens carry no kid: any key of the issuer for
+            // the header's algorithm (an old and a new secret, say).
+            None => {
+                let mut tried = false;
+                let ok = keys.filter(|k| k.algorithm == header.alg).any(|k| {
+                    if !tried {
+                        checked();
+                        tried = true;
+                    }
+                    k.verifying.verify(signed.as_bytes(), signature)
+                });
+                if !tried {
+                    return Err(issuer.missing(Rejected("algorithm not allowed")));
+                }
+                ok
+            }
+        };
+        if ok {
             Ok(Signed {
                 claims,
                 issuer,
@@ -371,25 +463,13 @@ impl Verifier {
 }
 
 impl Issuer {
-    /// The key for a header's `kid` and `alg`: by `kid` when the token names
-    /// one, else the issuer's key for `alg` (PyJWT-style tokens carry no kid).
-    fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<&Arc<Key>, Rejected> {
-        let key = match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .find(|k| k.id == kid)
-                .ok_or(Rejected("unknown kid"))?,
-            None => self
-                .keys
-                .iter()
-                .find(|k| k.algorithm == alg)
-                .ok_or(Rejected("algorithm not allowed"))?,
-        };
-        if key.algorithm != alg {
-            return Err(Rejected("algorithm not allowed"));
+    /// `why` no key fits, unless the issuer's `jwks_url` has not been
+    /// fetched yet: then that is why.
+    fn missing(&self, why: Rejected) -> Rejected {
+        match &self.remote {
+            Some(r) if !r.is_fetched() => Rejected::KEYS_NOT_FETCHED,
+            _ => why,
         }
-        Ok(key)
     }
 }
 
@@ -417,6 +497,7 @@ mod tests {
             keys: keys.iter().map(|k| k.id.clone()).collect(),
             audiences,
             algorithms: None,
+            jwks: None,
         };
         let tokens = TokensConfig {
             issuer: "https://gatehouse.test".into(),

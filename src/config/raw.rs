@@ -148,7 +148,7 @@ pub struct RawIssuer {
     pub keys: Vec<Spanned<String>>,
     pub audiences: Option<Vec<String>>,
     pub algorithms: Option<Vec<Spanned<String>>>,
-    pub jwks_refresh: Option<Dur>,
+    pub jwks_refresh: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]

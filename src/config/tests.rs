@@ -144,3 +144,49 @@ fn health_checks_parse_with_a_default_interval_and_refuse_bad_values() {
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].contains("needs an http:// target"), "{errs:?}");
 }
+
+#[test]
+fn jwks_urls_are_http_or_https_with_a_refresh_of_a_second_or_more() {
+    let issuer = |fields: &str| format!("[[issuers]]\nissuer = \"idp\"\n{fields}\n{UPSTREAM}");
+    let c = check(&issuer("jwks_url = \"https://idp.example/jwks.json\"")).unwrap();
+    let jwks = c.issuers[0].jwks.as_ref().unwrap();
+    assert_eq!(jwks.url, "https://idp.example/jwks.json");
+    assert_eq!(jwks.refresh, Duration::from_secs(600));
+    let c = check(&issuer(
+        "jwks_url = \"http://127.0.0.1:9/k\"\njwks_refresh = \"30s\"\nalgorithms = [\"RS256\"]",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.issuers[0].jwks.as_ref().unwrap().refresh,
+        Duration::from_secs(30)
+    );
+    for (fields, why) in [
+        (
+            "jwks_url = \"ftp://idp/k\"",
+            "not an http:// or https:// URL",
+        ),
+        (
+            "jwks_url = \"/jwks.json\"",
+            "not an http:// or https:// URL",
+        ),
+        (
+            "jwks_url = \"https://u:p@idp/k\"",
+            "must not carry credentials",
+        ),
+        (
+            "jwks_url = \"https://idp/k\"\njwks_refresh = \"10ms\"",
+            "jwks_refresh must be at least 1s",
+        ),
+        (
+            "keys = []\njwks_refresh = \"1m\"",
+            "jwks_refresh needs a jwks_url",
+        ),
+        (
+            "audiences = [\"api\"]",
+            "needs `keys = [...]` or a `jwks_url`",
+        ),
+    ] {
+        let errs = check(&issuer(fields)).unwrap_err();
+        assert!(errs.iter().any(|e| e.contains(why)), "{fields}: {errs:?}");
+    }
+}

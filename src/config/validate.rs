@@ -12,6 +12,7 @@ use super::diag::{Diag, Diags};
 use super::raw::{
     RawConfig, RawHealthCheck, RawIdentity, RawKey, RawLogin, RawRoute, RawServer, RawUpstream,
 };
+use super::units::Dur;
 use super::*;
 
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
@@ -361,12 +362,14 @@ fn issuers(raw: &RawConfig, keys: &[KeySpec], d: &mut Diags<'_>) -> Vec<IssuerSp
     for i in &raw.issuers {
         let span = i.span();
         let i = i.get_ref();
-        if let Some(url) = &i.jwks_url {
-            d.at(
-                Some(&url.span()),
-                "jwks_url is not supported yet: list key ids from [[keys]] in `keys`",
-            );
-        }
+        let jwks = match (&i.jwks_url, &i.jwks_refresh) {
+            (Some(url), refresh) => jwks(url, refresh.as_ref(), d),
+            (None, Some(refresh)) => {
+                d.at(Some(&refresh.span()), "jwks_refresh needs a jwks_url");
+                None
+            }
+            (None, None) => None,
+        };
         if !seen.insert(i.issuer.as_deref()) {
             let what = i.issuer.as_deref().map_or_else(
                 || "an issuer without `issuer`".to_string(),
@@ -378,7 +381,10 @@ fn issuers(raw: &RawConfig, keys: &[KeySpec], d: &mut Diags<'_>) -> Vec<IssuerSp
             );
         }
         if i.keys.is_empty() && i.jwks_url.is_none() {
-            d.at(Some(&span), "an issuer needs `keys = [...]`");
+            d.at(
+                Some(&span),
+                "an issuer needs `keys = [...]` or a `jwks_url`",
+            );
         }
         for k in &i.keys {
             if !known.contains(k.get_ref().as_str()) {
@@ -413,9 +419,54 @@ fn issuers(raw: &RawConfig, keys: &[KeySpec], d: &mut Diags<'_>) -> Vec<IssuerSp
             keys: i.keys.iter().map(|k| k.get_ref().clone()).collect(),
             audiences: i.audiences.clone(),
             algorithms,
+            jwks,
         });
     }
     out
+}
+
+/// The default `jwks_refresh` (SPEC §2's example).
+const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
+/// The shortest `jwks_refresh`: an identity provider is someone else's server.
+const MIN_JWKS_REFRESH: Duration = Duration::from_secs(1);
+
+fn jwks(
+    url: &Spanned<String>,
+    refresh: Option<&Spanned<Dur>>,
+    d: &mut Diags<'_>,
+) -> Option<JwksSpec> {
+    let s = url.get_ref();
+    let uri = match s.parse::<http::Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.authority().is_some_and(|a| !a.host().is_empty()) =>
+        {
+            uri
+        }
+        _ => {
+            d.at(
+                Some(&url.span()),
+                format!("jwks_url `{s}` is not an http:// or https:// URL"),
+            );
+            return None;
+        }
+    };
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        d.at(
+            Some(&url.span()),
+            format!("jwks_url `{s}` must not carry credentials"),
+        );
+        return None;
+    }
+    let refresh = match refresh {
+        None => DEFAULT_JWKS_REFRESH,
+        Some(r) if r.get_ref().0 < MIN_JWKS_REFRESH => {
+            d.at(Some(&r.span()), "jwks_refresh must be at least 1s");
+            return None;
+        }
+        Some(r) => r.get_ref().0,
+    };
+    Some(JwksSpec { url: uri, refresh })
 }
 
 fn upstreams(raw: &[Spanned<RawUpstream>], d: &mut Diags<'_>) -> Vec<UpstreamSpec> {

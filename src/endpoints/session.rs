@@ -166,7 +166,7 @@ pub async fn logout(
 ) -> Result<Response<Body>, GatewayError> {
     // A token that is already revoked may still log out (logout is idempotent).
     let access = match bearer::extract(req.headers()) {
-        Ok(Some(t)) => Some(crate::proxy::verify_cached(t, snap)),
+        Ok(Some(t)) => Some(crate::proxy::verify_fetching(t, snap).await),
         Ok(None) => None,
         Err(_) => return Err(GatewayError::MalformedAuthorization),
     };
@@ -236,7 +236,7 @@ pub async fn logout_all(
     gw: &Gateway,
     snap: &Snapshot,
 ) -> Result<Response<Body>, GatewayError> {
-    let caller = super::caller(req, gw, snap)?;
+    let caller = super::caller(req, gw, snap).await?;
     let (Some(subject), Some(key)) = (caller.subject(), caller.subject_key()) else {
         return Err(GatewayError::InvalidToken("the token has no subject"));
     };

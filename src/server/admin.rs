@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (200 while the process serves),
-//! `/readyz` (200 while the gateway accepts traffic, 503 once it drains)
+//! `/readyz` (200 while the gateway accepts traffic and every `jwks_url`
+//! issuer has its keys; 503 before that and once it drains)
 //! and `/metrics` (Prometheus text format; see `crate::metrics`).
 
 use std::convert::Infallible;
@@ -84,8 +85,12 @@ fn respond(req: &Request<Incoming>, health: &Health, shared: &Shared) -> Respons
     }
     let (status, text) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n"),
-        "/readyz" if health.is_ready() => (StatusCode::OK, "ready\n"),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/readyz" if !health.is_ready() => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/readyz" if !shared.keys_ready() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: an issuer's jwks_url has not been fetched yet\n",
+        ),
+        "/readyz" => (StatusCode::OK, "ready\n"),
         _ => (StatusCode::NOT_FOUND, "not found\n"),
     };
     let mut rsp = Response::new(body::full(text));

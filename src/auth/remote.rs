@@ -1,0 +1,229 @@
+//! Keys an issuer publishes at its `jwks_url`, kept current in the
+//! background.
+//!
+//! Each served snapshot runs one task per `jwks_url` issuer: it fetches the
+//! JWK Set at start, then every `jwks_refresh`; a fetch that fails (no
+//! answer, another status, not a JWK Set, no usable key) keeps the keys
+//! already fetched and is retried after 1 s, 2 s, 4 s... (at most 60 s, and
+//! at most `jwks_refresh`). A token naming a `kid` the issuer does not have
+//! asks for a fetch at once and waits for it ([`RemoteKeys::refetched`]):
+//! that is how a key the provider has just rotated in is picked up. Those
+//! on-demand fetches are rate-limited to one per [`REFETCH_COOLDOWN`] per
+//! issuer, so tokens with made-up `kid`s cannot make the gateway hammer the
+//! provider. Until the first fetch succeeds the issuer has no fetched keys
+//! and `/readyz` answers 503.
+//!
+//! When a fetch drops a key (or changes the material behind a `kid`), the
+//! verified-claims cache is emptied, so a token verified with the old key is
+//! checked again, not served from the cache until `max_ttl`.
+//!
+//! A reload (SIGHUP) hands the keys on to the new snapshot's issuer with the
+//! same URL and algorithms, so no token is refused while it fetches again.
+
+pub mod fetch;
+pub mod jwk;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, Guard};
+use jsonwebtoken::Algorithm;
+use tokio::sync::{Notify, watch};
+
+use crate::config::JwksSpec;
+use jwk::{Fetched, Parsed};
+
+/// On-demand fetches (unknown `kid`) of one issuer are at least this far apart.
+pub const REFETCH_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// The longest wait between retries of a failing fetch.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// One `jwks_url` issuer's fetched keys and the state of their fetching.
+pub struct RemoteKeys {
+    pub spec: JwksSpec,
+    /// The issuer (`iss`), for logs and `/metrics`.
+    pub issuer: String,
+    /// The issuer's `algorithms`.
+    algorithms: Option<Box<[Algorithm]>>,
+    keys: ArcSwap<Vec<Fetched>>,
+    /// A fetch has succeeded (here, or before a reload handed the keys on).
+    fetched: AtomicBool,
+    /// Fetches started so far; a fetch is known by the count when it started.
+    started: AtomicU64,
+    /// The number of the last fetch that finished (either way).
+    done: watch::Sender<u64>,
+    /// Asks the task to fetch now.
+    wake: Notify,
+    /// When the last on-demand fetch was asked for.
+    demanded: Mutex<Option<Instant>>,
+    /// Failed fetches in a row (for the back-off and `/metrics`).
+    failures: AtomicU32,
+    /// Set when a reload has replaced the snapshot: the task ends.
+    retired: AtomicBool,
+}
+
+impl RemoteKeys {
+    pub fn new(issuer: &str, spec: JwksSpec, algorithms: Option<&[Algorithm]>) -> RemoteKeys {
+        RemoteKeys {
+            spec,
+            issuer: issuer.to_string(),
+            algorithms: algorithms.map(Into::into),
+            keys: ArcSwap::from_pointee(Vec::new()),
+            fetched: AtomicBool::new(false),
+            started: AtomicU64::new(0),
+            done: watch::Sender::new(0),
+            wake: Notify::new(),
+            demanded: Mutex::new(None),
+            failures: AtomicU32::new(0),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// The keys fetched last (empty before the first fetch).
+    pub fn keys(&self) -> Guard<Arc<Vec<Fetched>>> {
+        self.keys.load()
+    }
+
+    /// Whether a fetch has succeeded: the issuer's keys are usable.
+    pub fn is_fetched(&self) -> bool {
+        self.fetched.load(Ordering::Acquire)
+    }
+
+    /// Takes on the keys `old` fetched, when it fetched from the same URL
+    /// for the same algorithms (a reload).
+    pub fn carry_from(&self, old: &RemoteKeys) {
+        if old.spec.url == self.spec.url && old.algorithms == self.algorithms && old.is_fetched() {
+            self.keys.store(old.keys.load_full());
+            self.fetched.store(true, Ordering::Release);
+        }
+    }
+
+    /// Ends the background task (its snapshot has been replaced).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Asked when a token names a `kid` this issuer does not have (or
+    /// before its first fetch): fetches the JWK Set again unless an
+    /// on-demand fetch was asked for less than [`REFETCH_COOLDOWN`] ago,
+    /// and waits for it. Before the first successful fetch it always waits
+    /// for the next fetch to finish. Whether a fetch finished (the caller
+    /// then looks for the key again).
+    pub async fn refetched(&self) -> bool {
+        let mut finished = self.done.subscribe();
+        let target = {
+            let mut demanded = self.demanded.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            if demanded.is_none_or(|at| now.duration_since(at) >= REFETCH_COOLDOWN) {
+                *demanded = Some(now);
+                // Read before the wake: the fetch it wakes has the next number.
+                let next = self.started.load(Ordering::SeqCst) + 1;
+                self.wake.notify_one();
+                next
+            } else if !self.is_fetched() {
+                *finished.borrow() + 1
+            } else {
+                return false;
+            }
+        };
+        let wait = fetch::FETCH_TIMEOUT + Duration::from_secs(1);
+        matches!(
+            tokio::time::timeout(wait, finished.wait_for(|&n| n >= target)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Failed fetches since the last success.
+    pub fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Puts a fetched set in place; whether a key was dropped or changed.
+    fn install(&self, parsed: Parsed) -> bool {
+        for why in &parsed.skipped {
+            tracing::warn!(issuer = %self.issuer, url = %self.spec.url, "JWK skipped: {why}");
+        }
+        let old = self.keys.load_full();
+        let dropped = old.iter().any(|o| !parsed.keys.iter().any(|n| n.same(o)));
+        let added = parsed.keys.iter().any(|n| !old.iter().any(|o| n.same(o)));
+        if dropped || added || !self.is_fetched() {
+            let kids: Vec<&str> = parsed.keys.iter().map(|f| &*f.key.id).collect();
+            tracing::info!(issuer = %self.issuer, url = %self.spec.url, ?kids, "JWKS fetched");
+        }
+        self.keys.store(Arc::new(parsed.keys));
+        self.fetched.store(true, Ordering::Release);
+        dropped
+    }
+}
+
+/// Keeps `remote`'s keys current until its snapshot is replaced or
+/// dropped. `on_dropped` runs when a fetch drops or changes a key (it
+/// empties the snapshot's claims cache).
+pub fn spawn(remote: &Arc<RemoteKeys>, on_dropped: impl Fn() + Send + 'static) {
+    tokio::spawn(watch(Arc::downgrade(remote), on_dropped));
+}
+
+async fn watch(remote: Weak<RemoteKeys>, on_dropped: impl Fn() + Send + 'static) {
+    loop {
+        let Some(r) = remote.upgrade() else { return };
+        if r.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        let number = r.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let outcome = match fetch::get(&r.spec.url).await {
+            Ok(body) => jwk::parse(&body, r.algorithms.as_deref()),
+            Err(why) => Err(why),
+        };
+        let wait = match outcome {
+            // A fetch that finished after a reload leaves the keys to the new snapshot.
+            Ok(_) if r.retired.load(Ordering::Relaxed) => Duration::ZERO,
+            Ok(parsed) => {
+                r.failures.store(0, Ordering::Relaxed);
+                if r.install(parsed) {
+                    tracing::info!(issuer = %r.issuer,
+                        "a JWKS key was dropped or changed: verified-claims cache emptied");
+                    on_dropped();
+                }
+                r.spec.refresh
+            }
+            Err(why) => {
+                let failures = r.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let keeping = if r.is_fetched() {
+                    "keeping the keys fetched before"
+                } else {
+                    "no keys yet: its tokens are refused"
+                };
+                tracing::warn!(issuer = %r.issuer, url = %r.spec.url, %why, failures,
+                    "JWKS fetch failed; {keeping}");
+                backoff(failures).min(r.spec.refresh)
+            }
+        };
+        r.done.send_replace(number);
+        // Holds the keys while it waits: `retire` wakes it to end.
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = r.wake.notified() => {}
+        }
+    }
+}
+
+/// The wait after `failures` failed fetches in a row: 1 s, doubling, at
+/// most [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(6);
+    Duration::from_secs(secs).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+}

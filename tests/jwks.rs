@@ -1,0 +1,447 @@
+//! `[[issuers]] jwks_url`: keys fetched from an identity provider's JWK
+//! Set, refreshed every `jwks_refresh` and on an unknown `kid`, with
+//! `/readyz` waiting for the first fetch (SPEC §2, §3).
+mod support;
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::KeyPair;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use gatehouse::state::Snapshot;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use support::process::Gatehouse;
+use support::*;
+
+const ISS: &str = "https://idp.test/";
+
+/// An RSA key of the identity provider: signs tokens, published as a JWK.
+struct IdpKey {
+    kid: String,
+    signing: EncodingKey,
+    jwk: Value,
+    /// SubjectPublicKeyInfo PEM.
+    public_pem: String,
+}
+
+impl IdpKey {
+    fn new(kid: &str) -> IdpKey {
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let public = pair.public_key();
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let jwk = json!({
+            "kty": "RSA",
+            "kid": kid,
+            "use": "sig",
+            "n": b64(public.modulus().big_endian_without_leading_zero()),
+            "e": b64(public.exponent().big_endian_without_leading_zero()),
+        });
+        let der = pair.as_der().unwrap();
+        let spki = public.as_der().unwrap();
+        IdpKey {
+            kid: kid.to_string(),
+            signing: EncodingKey::from_rsa_pem(
+                pem::encode(&pem::Pem::new("PRIVATE KEY", der.as_ref().to_vec())).as_bytes(),
+            )
+            .unwrap(),
+            jwk,
+            public_pem: pem::encode(&pem::Pem::new("PUBLIC KEY", spki.as_ref().to_vec())),
+        }
+    }
+
+    /// An RS256 access token for `sub` from the identity provider.
+    fn token(&self, sub: &str) -> String {
+        self.token_as(&self.kid, Algorithm::RS256, sub)
+    }
+
+    fn token_as(&self, kid: &str, alg: Algorithm, sub: &str) -> String {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
+        let claims = json!({"iss": ISS, "aud": "api", "sub": sub, "exp": now() + 600});
+        jsonwebtoken::encode(&header, &claims, &self.signing).unwrap()
+    }
+}
+
+/// The identity provider's JWKS endpoint: answers `status` with the
+/// published keys, and counts the fetches.
+#[derive(Clone)]
+struct Idp {
+    url: String,
+    published: Arc<Mutex<(u16, Vec<Value>)>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl Idp {
+    async fn start(keys: &[&IdpKey]) -> Idp {
+        let published = Arc::new(Mutex::new((
+            200,
+            keys.iter().map(|k| k.jwk.clone()).collect(),
+        )));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (p, f) = (Arc::clone(&published), Arc::clone(&fetches));
+        let addr = serve_upstream(move |_req: Request<Incoming>| {
+            let (status, keys) = p.lock().unwrap().clone();
+            f.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let body = json!({ "keys": keys }).to_string();
+                let mut rsp = Response::new(Full::new(Bytes::from(body)));
+                *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
+                Ok::<_, Infallible>(rsp)
+            }
+        })
+        .await;
+        Idp {
+            url: format!("http://{addr}/.well-known/jwks.json"),
+            published,
+            fetches,
+        }
+    }
+
+    fn publish(&self, keys: &[&IdpKey]) {
+        self.published.lock().unwrap().1 = keys.iter().map(|k| k.jwk.clone()).collect();
+    }
+
+    fn answer(&self, status: u16) {
+        self.published.lock().unwrap().0 = status;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// A gateway trusting the identity provider at `url`, in front of the
+/// test upstream, every route needing a token.
+fn config(upstream: std::net::SocketAddr, url: &str, refresh: &str) -> String {
+    config_with(
+        upstream,
+        &format!(
+            r#"
+[[issuers]]
+issuer = "{ISS}"
+jwks_url = "{url}"
+jwks_refresh = "{refresh}"
+audiences = ["api"]
+algorithms = ["RS256"]
+
+[[routes]]
+path_prefix = "/api"
+upstream = "up"
+"#
+        ),
+    )
+}
+
+/// Polls `check` every 50 ms for up to `limit`; whether it came true.
+async fn eventually<F: Future<Output = bool>>(limit: Duration, check: impl Fn() -> F) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn started(up: &TestUpstream, idp: &Idp, refresh: &str) -> TestGateway {
+    let gw = TestGateway::start(&config(up.addr, &idp.url, refresh)).await;
+    let fetched = eventually(Duration::from_secs(10), || async { gw.shared.keys_ready() });
+    assert!(fetched.await, "the first JWKS fetch did not happen");
+    gw
+}
+
+fn reason(r: &Reply) -> String {
+    r.www_authenticate().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn tokens_signed_with_a_published_key_pass_and_others_do_not() {
+    let up = TestUpstream::start().await;
+    let (k1, stranger) = (IdpKey::new("k1"), IdpKey::new("k1"));
+    let idp = Idp::start(&[&k1]).await;
+    let gw = started(&up, &idp, "10m").await;
+
+    let r = get_with_token(&gw.url("/api"), &k1.token("alice")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("alice")
+    );
+
+    // Another key under the same kid: the signature does not check out.
+    let r = get_with_token(&gw.url("/api"), &stranger.token("mallory")).await;
+    assert_eq!(r.status, 401);
+    assert!(reason(&r).contains("bad signature"), "{}", reason(&r));
+    // The RSA key's public PEM as an HS256 secret: the key verifies RS256 only.
+    let pem = &k1.public_pem;
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let claims = json!({"iss": ISS, "aud": "api", "sub": "mallory", "exp": now() + 600});
+    let confused =
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(pem.as_bytes())).unwrap();
+    let r = get_with_token(&gw.url("/api"), &confused).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        reason(&r).contains("algorithm not allowed"),
+        "{}",
+        reason(&r)
+    );
+    // A token of this key for another issuer is not this issuer's.
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let claims =
+        json!({"iss": "https://other.test/", "aud": "api", "sub": "x", "exp": now() + 600});
+    let other = jsonwebtoken::encode(&header, &claims, &k1.signing).unwrap();
+    let r = get_with_token(&gw.url("/api"), &other).await;
+    assert_eq!(r.status, 401);
+    assert!(reason(&r).contains("unknown issuer"), "{}", reason(&r));
+    // gatehouse's own JWK Set does not republish the provider's keys.
+    let own = get(&gw.url("/.well-known/jwks.json"), &[]).await.json();
+    assert!(!own.to_string().contains("\"k1\""), "{own}");
+}
+
+#[tokio::test]
+async fn a_key_rotated_in_is_fetched_on_its_first_token_at_most_once_per_cooldown() {
+    let up = TestUpstream::start().await;
+    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
+    let idp = Idp::start(&[&k1]).await;
+    let gw = started(&up, &idp, "10m").await;
+    let before = idp.fetches();
+
+    // The provider rotates k2 in; its first token is the first gatehouse hears of it.
+    idp.publish(&[&k1, &k2]);
+    let r = get_with_token(&gw.url("/api"), &k2.token("bob")).await;
+    assert_eq!(r.status, 200, "{}", reason(&r));
+    assert_eq!(idp.fetches(), before + 1);
+
+    // A made-up kid right after: refused without another fetch.
+    let r = get_with_token(&gw.url("/api"), &k1.token_as("k9", Algorithm::RS256, "eve")).await;
+    assert_eq!(r.status, 401);
+    assert!(reason(&r).contains("unknown kid"), "{}", reason(&r));
+    for _ in 0..20 {
+        let t = k1.token_as("k9", Algorithm::RS256, "eve");
+        assert_eq!(get_with_token(&gw.url("/api"), &t).await.status, 401);
+    }
+    assert_eq!(idp.fetches(), before + 1, "unknown kids are rate-limited");
+}
+
+#[tokio::test]
+async fn a_dropped_key_is_refused_at_the_next_fetch_even_when_cached() {
+    let up = TestUpstream::start().await;
+    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
+    let idp = Idp::start(&[&k1, &k2]).await;
+    let gw = started(&up, &idp, "1s").await;
+    let token = k1.token("alice");
+    // One keep-alive connection: it remembers its last token, in front of the cache.
+    let mut conn = Conn::open(gw.addr).await;
+    assert_eq!(conn.get_with_token("/api", &token).await.status, 200);
+    let checks = gw.signature_checks();
+    assert_eq!(conn.get_with_token("/api", &token).await.status, 200);
+    assert_eq!(gw.signature_checks(), checks, "a cache hit");
+
+    idp.publish(&[&k2]);
+    let mut refused = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !refused && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        refused = conn.get_with_token("/api", &token).await.status == 401;
+    }
+    assert!(
+        refused,
+        "a token of a dropped key is still served from the cache"
+    );
+    let r = get_with_token(&gw.url("/api"), &token).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        get_with_token(&gw.url("/api"), &k2.token("bob"))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_failing_provider_and_a_reload_keep_the_keys_fetched_before() {
+    let up = TestUpstream::start().await;
+    let k1 = IdpKey::new("k1");
+    let idp = Idp::start(&[&k1]).await;
+    let gw = started(&up, &idp, "1s").await;
+    let token = k1.token("alice");
+    assert_eq!(get_with_token(&gw.url("/api"), &token).await.status, 200);
+
+    idp.answer(503);
+    let failing_since = idp.fetches();
+    let retried = eventually(Duration::from_secs(10), || async {
+        idp.fetches() >= failing_since + 2
+    });
+    assert!(retried.await);
+    // Not from the cache: a new token of the same key.
+    assert_eq!(
+        get_with_token(&gw.url("/api"), &k1.token("bob"))
+            .await
+            .status,
+        200
+    );
+
+    // A reload while the provider is down: the new snapshot keeps the keys.
+    let snap = Snapshot::load(&gw.dir.path().join("gateway.toml")).unwrap();
+    gw.shared.store_snapshot(snap);
+    assert!(gw.shared.keys_ready());
+    assert_eq!(
+        get_with_token(&gw.url("/api"), &k1.token("carol"))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn tokens_wait_for_the_first_fetch_and_are_refused_while_it_fails() {
+    let up = TestUpstream::start().await;
+    let k1 = IdpKey::new("k1");
+    let idp = Idp::start(&[&k1]).await;
+    idp.answer(500);
+    let gw = TestGateway::start(&config(up.addr, &idp.url, "10m")).await;
+    let r = get_with_token(&gw.url("/api"), &k1.token("alice")).await;
+    assert_eq!(r.status, 401);
+    assert!(reason(&r).contains("not fetched yet"), "{}", reason(&r));
+    assert!(!gw.shared.keys_ready());
+    // The provider recovers; the retries (1 s, 2 s, ...) pick the keys up.
+    idp.answer(200);
+    let ready = eventually(Duration::from_secs(10), || async { gw.shared.keys_ready() });
+    assert!(ready.await);
+    assert_eq!(
+        get_with_token(&gw.url("/api"), &k1.token("alice"))
+            .await
+            .status,
+        200
+    );
+}
+
+/// The real binary: `/readyz` answers 503 until the JWK Set is fetched,
+/// and an `https://` JWKS URL is checked against the system's roots, or
+/// `SSL_CERT_FILE`'s.
+#[tokio::test]
+async fn readyz_waits_for_the_keys_and_https_urls_are_verified() {
+    let up = TestUpstream::start().await;
+    let k1 = IdpKey::new("k1");
+    let idp = Idp::start(&[&k1]).await;
+    let tls_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+    let https = serve_tls(&tls_dir, Arc::new(idp.clone())).await;
+    let https_url = format!("https://localhost:{}/.well-known/jwks.json", https.port());
+
+    idp.answer(500);
+    let dir = tempfile::tempdir().unwrap();
+    // Only the test certificate: not the machine's roots (`SSL_CERT_DIR` is
+    // read besides `SSL_CERT_FILE` when set).
+    let no_dir = dir.path().join("no-roots");
+    std::fs::create_dir(&no_dir).unwrap();
+    let cert = tls_dir.join("a.cert.pem");
+    let env = [
+        ("SSL_CERT_FILE", cert.to_str().unwrap()),
+        ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
+    ];
+    let gh = Gatehouse::start_with(dir.path(), &env, |listen, admin| {
+        let c = config(up.addr, &https_url, "10m");
+        c.replace(
+            "[server]\nadmin_listen = \"\"",
+            &format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\""),
+        )
+    })
+    .await;
+    let readyz = || async { get(&gh.admin_url("/readyz"), &[]).await.status };
+    assert_eq!(readyz().await, 503);
+    idp.answer(200);
+    assert!(
+        eventually(Duration::from_secs(10), || async { readyz().await == 200 }).await,
+        "{}",
+        gh.log()
+    );
+    let r = get_with_token(&gh.url("/api"), &k1.token("alice")).await;
+    assert_eq!(r.status, 200, "{}", gh.log());
+
+    // Trusting another certificate only: the provider's is not trusted.
+    let dir = tempfile::tempdir().unwrap();
+    let other = tls_dir.join("b.cert.pem");
+    let env = [
+        ("SSL_CERT_FILE", other.to_str().unwrap()),
+        ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
+    ];
+    let untrusting = Gatehouse::start_with(dir.path(), &env, |listen, admin| {
+        let c = config(up.addr, &https_url, "10m");
+        c.replace(
+            "[server]\nadmin_listen = \"\"",
+            &format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\""),
+        )
+    })
+    .await;
+    let failed = eventually(Duration::from_secs(10), || async {
+        untrusting.log().contains("JWKS fetch failed")
+    });
+    assert!(failed.await, "{}", untrusting.log());
+    assert_eq!(get(&untrusting.admin_url("/readyz"), &[]).await.status, 503);
+    let r = get_with_token(&untrusting.url("/api"), &k1.token("alice")).await;
+    assert_eq!(r.status, 401);
+    // The log says why, and names no token.
+    let log = untrusting.log();
+    assert!(log.contains("invalid peer certificate"), "{log}");
+    assert!(!log.contains(&k1.token("alice")[..40]));
+}
+
+/// Serves `idp`'s JWK Set over TLS with the test certificate in `dir`
+/// (`a.cert.pem`: localhost and 127.0.0.1).
+async fn serve_tls(dir: &Path, idp: Arc<Idp>) -> std::net::SocketAddr {
+    use tokio_rustls::TlsAcceptor;
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_file_iter(dir.join("a.cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("a.key.pem")).unwrap();
+    let provider = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider();
+    let config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let plain: std::net::SocketAddr = idp.url["http://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // TLS in front of the plain endpoint: decrypt, then relay.
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut inner) = tokio::net::TcpStream::connect(plain).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut inner).await;
+            });
+        }
+    });
+    addr
+}
