@@ -177,7 +177,11 @@ async fn verify(
         .routes
         .find(&method, host, path)
         .ok_or(GatewayError::NoRoute)?;
-    let caller = crate::proxy::admit(h, route, snap, &gw.revocations, &peer.last_token).await?;
+    let (revocations, last) = (&gw.revocations, &peer.last_token);
+    let caller = match crate::proxy::admit(h, route, snap, revocations, last, true) {
+        Some(admitted) => admitted?,
+        None => crate::proxy::admit_fetching(h, route, snap, revocations, last).await?,
+    };
     let mut rsp = Response::new(body::empty());
     if let Some(c) = caller {
         for (name, value) in c.identity_headers() {

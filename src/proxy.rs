@@ -121,7 +121,20 @@ async fn handle_inner<'s>(
         .find(req.method(), host_str, req.uri().path())
         .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(route);
-    let caller = admit(req.headers(), route, snap, revocations, &peer.last_token).await?;
+    let last = &peer.last_token;
+    let caller = match admit(req.headers(), route, snap, revocations, last, true) {
+        Some(admitted) => admitted?,
+        None => {
+            Box::pin(admit_fetching(
+                req.headers(),
+                route,
+                snap,
+                revocations,
+                last,
+            ))
+            .await?
+        }
+    };
     ctx.caller = caller;
     let seen = Seen::scan(req.headers(), Some(snap.verifier.identity()));
     // Read before the hop-by-hop headers go: they carry the upgrade request.
@@ -173,24 +186,28 @@ async fn handle_inner<'s>(
 /// access rules. `/auth/verify` runs the same steps. `last` is the client
 /// connection's last token, asked before the cache. The outcome is counted
 /// for `/metrics`.
-pub(crate) async fn admit(
+///
+/// `None` (only when `may_fetch`) when the token names a key its issuer's
+/// `jwks_url` may not have served yet: the caller then awaits
+/// [`admit_fetching`] (boxed), which fetches and runs this again. A plain
+/// function, not an `async fn` with that step inside: on a cache hit an
+/// `async fn` here cost about 100 instructions a request more (callgrind,
+/// one-token run).
+pub(crate) fn admit(
     headers: &HeaderMap,
     route: &Route,
     snap: &Snapshot,
     revocations: &Revocations,
     last: &LastToken,
-) -> Result<Option<Arc<VerifiedClaims>>, GatewayError> {
-    let mut admitted = admit_uncounted(headers, route, snap, revocations, last);
-    if let Err(GatewayError::InvalidToken(why)) = admitted
-        && Rejected::awaits_keys(why)
-        && let Ok(Some(token)) = bearer::extract(headers)
-        && refetched(token, snap).await
-    {
-        admitted = admit_uncounted(headers, route, snap, revocations, last);
-    }
+    may_fetch: bool,
+) -> Option<Result<Option<Arc<VerifiedClaims>>, GatewayError>> {
+    let admitted = admit_uncounted(headers, route, snap, revocations, last);
     match &admitted {
         Ok(Some(_)) => snap.metrics.auth_ok(),
         Ok(None) => {}
+        Err(e) if may_fetch && awaits_keys(e) && snap.verifier.remotes().next().is_some() => {
+            return None;
+        }
         Err(e) => {
             let (outcome, reason) = match *e {
                 GatewayError::MissingToken => ("missing_token", ""),
@@ -202,7 +219,26 @@ pub(crate) async fn admit(
             snap.metrics.auth_refused(outcome, reason);
         }
     }
-    admitted
+    Some(admitted)
+}
+
+/// [`admit`] after fetching the issuer's JWK Set again (rate-limited, see
+/// [`Verifier::refetched`]): for a token [`admit`] could not place.
+///
+/// [`Verifier::refetched`]: crate::auth::Verifier::refetched
+pub(crate) async fn admit_fetching(
+    headers: &HeaderMap,
+    route: &Route,
+    snap: &Snapshot,
+    revocations: &Revocations,
+    last: &LastToken,
+) -> Result<Option<Arc<VerifiedClaims>>, GatewayError> {
+    if let Ok(Some(token)) = bearer::extract(headers) {
+        refetched(token, snap).await;
+    }
+    // `admit` always answers when it may not fetch.
+    admit(headers, route, snap, revocations, last, false)
+        .unwrap_or(Err(GatewayError::InvalidToken(Rejected::UNKNOWN_KID.0)))
 }
 
 fn admit_uncounted(
@@ -270,12 +306,27 @@ pub(crate) async fn verify_fetching(
     snap: &Snapshot,
 ) -> Result<Arc<VerifiedClaims>, GatewayError> {
     match verify_cached(token, snap) {
-        Err(GatewayError::InvalidToken(why))
-            if Rejected::awaits_keys(why) && refetched(token, snap).await =>
-        {
-            verify_cached(token, snap)
-        }
+        Err(e) if awaits_keys(&e) && refetched(token, snap).await => verify_cached(token, snap),
         verified => verified,
+    }
+}
+
+/// Whether fetching the token's issuer's keys again may change `e`.
+fn awaits_keys(e: &GatewayError) -> bool {
+    matches!(e, GatewayError::InvalidToken(why) | GatewayError::Unavailable(why)
+        if Rejected::awaits_keys(why))
+}
+
+/// The answer to a token [`Verifier::verify`] refused: 401, or 503 when
+/// its issuer's keys could not be fetched (the token may be fine: the
+/// client should not throw it away).
+///
+/// [`Verifier::verify`]: crate::auth::Verifier::verify
+fn refused(r: Rejected) -> GatewayError {
+    if r == Rejected::KEYS_NOT_FETCHED {
+        GatewayError::Unavailable(r.0)
+    } else {
+        GatewayError::InvalidToken(r.0)
     }
 }
 
@@ -306,10 +357,7 @@ pub(crate) fn verify_cached(
     let token = token
         .check_syntax()
         .map_err(|_| GatewayError::MalformedAuthorization)?;
-    let claims = snap
-        .verifier
-        .verify(token)
-        .map_err(|r| GatewayError::InvalidToken(r.0))?;
+    let claims = snap.verifier.verify(token).map_err(refused)?;
     let claims = snap.cache.seal(claims);
     snap.cache.insert_key(key, Arc::clone(&claims), epoch);
     Ok(claims)

@@ -79,6 +79,8 @@ struct Idp {
     url: String,
     published: Arc<Mutex<(u16, Vec<Value>)>>,
     fetches: Arc<AtomicUsize>,
+    /// How long each answer takes.
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl Idp {
@@ -88,11 +90,20 @@ impl Idp {
             keys.iter().map(|k| k.jwk.clone()).collect(),
         )));
         let fetches = Arc::new(AtomicUsize::new(0));
-        let (p, f) = (Arc::clone(&published), Arc::clone(&fetches));
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (p, f, d) = (
+            Arc::clone(&published),
+            Arc::clone(&fetches),
+            Arc::clone(&delay),
+        );
         let addr = serve_upstream(move |_req: Request<Incoming>| {
-            let (status, keys) = p.lock().unwrap().clone();
-            f.fetch_add(1, Ordering::SeqCst);
+            let (p, f, d) = (Arc::clone(&p), Arc::clone(&f), Arc::clone(&d));
             async move {
+                let wait = *d.lock().unwrap();
+                tokio::time::sleep(wait).await;
+                // What is published when the answer leaves.
+                let (status, keys) = p.lock().unwrap().clone();
+                f.fetch_add(1, Ordering::SeqCst);
                 let body = json!({ "keys": keys }).to_string();
                 let mut rsp = Response::new(Full::new(Bytes::from(body)));
                 *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
@@ -104,6 +115,7 @@ impl Idp {
             url: format!("http://{addr}/.well-known/jwks.json"),
             published,
             fetches,
+            delay,
         }
     }
 
@@ -113,6 +125,10 @@ impl Idp {
 
     fn answer(&self, status: u16) {
         self.published.lock().unwrap().0 = status;
+    }
+
+    fn slow(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
     }
 
     fn fetches(&self) -> usize {
@@ -307,15 +323,18 @@ async fn a_failing_provider_and_a_reload_keep_the_keys_fetched_before() {
 }
 
 #[tokio::test]
-async fn tokens_wait_for_the_first_fetch_and_are_refused_while_it_fails() {
+async fn tokens_are_answered_503_while_the_first_fetch_fails() {
     let up = TestUpstream::start().await;
     let k1 = IdpKey::new("k1");
     let idp = Idp::start(&[&k1]).await;
     idp.answer(500);
     let gw = TestGateway::start(&config(up.addr, &idp.url, "10m")).await;
+    // Not the token's fault: 503, so that the client keeps it.
     let r = get_with_token(&gw.url("/api"), &k1.token("alice")).await;
-    assert_eq!(r.status, 401);
-    assert!(reason(&r).contains("not fetched yet"), "{}", reason(&r));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    let why = r.json()["error_description"].to_string();
+    assert!(why.contains("not fetched yet"), "{why}");
     assert!(!gw.shared.keys_ready());
     // The provider recovers; the retries (1 s, 2 s, ...) pick the keys up.
     idp.answer(200);
@@ -392,7 +411,7 @@ async fn readyz_waits_for_the_keys_and_https_urls_are_verified() {
     assert!(failed.await, "{}", untrusting.log());
     assert_eq!(get(&untrusting.admin_url("/readyz"), &[]).await.status, 503);
     let r = get_with_token(&untrusting.url("/api"), &k1.token("alice")).await;
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status, 503);
     // The log says why, and names no token.
     let log = untrusting.log();
     assert!(log.contains("invalid peer certificate"), "{log}");
@@ -444,4 +463,77 @@ async fn serve_tls(dir: &Path, idp: Arc<Idp>) -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+#[tokio::test]
+async fn requests_during_a_slow_first_fetch_wait_for_it() {
+    let up = TestUpstream::start().await;
+    let k1 = IdpKey::new("k1");
+    let idp = Idp::start(&[&k1]).await;
+    idp.slow(Duration::from_millis(700));
+    let gw = TestGateway::start(&config(up.addr, &idp.url, "10m")).await;
+    let r = get_with_token(&gw.url("/api"), &k1.token("alice")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        idp.fetches(),
+        1,
+        "the request waited for the fetch under way"
+    );
+}
+
+#[tokio::test]
+async fn tokens_of_a_new_key_arriving_together_all_wait_for_one_fetch() {
+    let up = TestUpstream::start().await;
+    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
+    let idp = Idp::start(&[&k1]).await;
+    let gw = started(&up, &idp, "10m").await;
+    let before = idp.fetches();
+    idp.slow(Duration::from_millis(500));
+    idp.publish(&[&k1, &k2]);
+    let url = gw.url("/api");
+    let burst = (0..5).map(|i| {
+        let (url, token) = (url.clone(), k2.token(&format!("user{i}")));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50 * i)).await;
+            get_with_token(&url, &token).await.status
+        })
+    });
+    for status in futures_util_join(burst).await {
+        assert_eq!(status, 200);
+    }
+    assert_eq!(idp.fetches(), before + 1);
+}
+
+#[tokio::test]
+async fn tokens_without_kid_are_checked_against_each_published_key() {
+    let up = TestUpstream::start().await;
+    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
+    let idp = Idp::start(&[&k1, &k2]).await;
+    let gw = started(&up, &idp, "10m").await;
+    let claims = json!({"iss": ISS, "aud": "api", "sub": "pyjwt", "exp": now() + 600});
+    for key in [&k1, &k2] {
+        let t =
+            jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key.signing).unwrap();
+        assert_eq!(
+            get_with_token(&gw.url("/api"), &t).await.status,
+            200,
+            "{}",
+            key.kid
+        );
+    }
+    let stranger = IdpKey::new("k3");
+    let t =
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &stranger.signing).unwrap();
+    let r = get_with_token(&gw.url("/api"), &t).await;
+    assert_eq!(r.status, 401);
+    assert!(reason(&r).contains("bad signature"), "{}", reason(&r));
+}
+
+/// Awaits every task, in order.
+async fn futures_util_join<T>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks.collect::<Vec<_>>() {
+        out.push(t.await.unwrap());
+    }
+    out
 }

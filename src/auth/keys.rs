@@ -59,7 +59,9 @@ impl Key {
         if let Family::Rsa = family(alg) {
             let key = aws_lc_rs::rsa::PublicKey::from_der(public).map_err(|e| e.to_string())?;
             // RFC 7518 §3.3: 2048 bits or more (aws-lc would refuse each signature).
-            if key.modulus().big_endian_without_leading_zero().len() < 256 {
+            let n = key.modulus().big_endian_without_leading_zero();
+            let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+            if bits < 2048 {
                 return Err("RSA modulus shorter than 2048 bits".into());
             }
         }
@@ -860,7 +862,9 @@ pub(crate) mod tests {
 
     #[test]
     fn fetched_rsa_keys_under_2048_bits_are_refused() {
-        let short = rsa_pkcs1(&[0xc5; 128], &[1, 0, 1]);
+        let mut n = vec![0xc5; 256];
+        n[0] = 0x7f; // 2047 bits
+        let short = rsa_pkcs1(&n, &[1, 0, 1]);
         let err = Key::fetched("k", Algorithm::RS256, &short).err().unwrap();
         assert!(err.contains("2048"), "{err}");
         assert!(Key::fetched("k", Algorithm::RS256, b"not der").is_err());

@@ -25,11 +25,12 @@ pub mod jwk;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
 use jsonwebtoken::Algorithm;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::config::JwksSpec;
 use jwk::{Fetched, Parsed};
@@ -39,6 +40,17 @@ pub const REFETCH_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// The longest wait between retries of a failing fetch.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The last on-demand fetch: when it was asked for, and its number.
+#[derive(Default)]
+struct Demand {
+    at: Option<Instant>,
+    number: u64,
+}
+
+/// How long a request waits for a fetch it asked for: the one under way
+/// may have to finish first.
+const DEMAND_WAIT: Duration = Duration::from_secs(2 * fetch::FETCH_TIMEOUT.as_secs() + 1);
 
 /// One `jwks_url` issuer's fetched keys and the state of their fetching.
 pub struct RemoteKeys {
@@ -56,8 +68,8 @@ pub struct RemoteKeys {
     done: watch::Sender<u64>,
     /// Asks the task to fetch now.
     wake: Notify,
-    /// When the last on-demand fetch was asked for.
-    demanded: Mutex<Option<Instant>>,
+    /// The last on-demand fetch.
+    demand: Mutex<Demand>,
     /// Failed fetches in a row (for the back-off and `/metrics`).
     failures: AtomicU32,
     /// Set when a reload has replaced the snapshot: the task ends.
@@ -75,7 +87,7 @@ impl RemoteKeys {
             started: AtomicU64::new(0),
             done: watch::Sender::new(0),
             wake: Notify::new(),
-            demanded: Mutex::new(None),
+            demand: Mutex::default(),
             failures: AtomicU32::new(0),
             retired: AtomicBool::new(false),
         }
@@ -107,31 +119,45 @@ impl RemoteKeys {
     }
 
     /// Asked when a token names a `kid` this issuer does not have (or
-    /// before its first fetch): fetches the JWK Set again unless an
-    /// on-demand fetch was asked for less than [`REFETCH_COOLDOWN`] ago,
-    /// and waits for it. Before the first successful fetch it always waits
-    /// for the next fetch to finish. Whether a fetch finished (the caller
-    /// then looks for the key again).
+    /// before its first fetch): fetches the JWK Set again and waits for
+    /// that fetch. At most one such fetch per [`REFETCH_COOLDOWN`]: inside
+    /// it, a request waits for the fetch already asked for while that one
+    /// is under way, and is answered at once after. Before the first
+    /// successful fetch, a request waits for the fetch under way (and asks
+    /// for one, within the same limit, while the task waits to retry).
+    /// Whether a fetch finished: the caller then looks for the key again.
     pub async fn refetched(&self) -> bool {
+        if self.retired.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut finished = self.done.subscribe();
         let target = {
-            let mut demanded = self.demanded.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut demand = self.demand.lock().unwrap_or_else(PoisonError::into_inner);
+            let started = self.started.load(Ordering::SeqCst);
+            let done = *finished.borrow_and_update();
             let now = Instant::now();
-            if demanded.is_none_or(|at| now.duration_since(at) >= REFETCH_COOLDOWN) {
-                *demanded = Some(now);
+            if !self.is_fetched() && started > done {
+                // The first keys are on their way.
+                started
+            } else if demand
+                .at
+                .is_none_or(|at| now.duration_since(at) >= REFETCH_COOLDOWN)
+            {
                 // Read before the wake: the fetch it wakes has the next number.
-                let next = self.started.load(Ordering::SeqCst) + 1;
+                *demand = Demand {
+                    at: Some(now),
+                    number: started + 1,
+                };
                 self.wake.notify_one();
-                next
-            } else if !self.is_fetched() {
-                *finished.borrow() + 1
+                started + 1
+            } else if done < demand.number {
+                demand.number
             } else {
                 return false;
             }
         };
-        let wait = fetch::FETCH_TIMEOUT + Duration::from_secs(1);
         matches!(
-            tokio::time::timeout(wait, finished.wait_for(|&n| n >= target)).await,
+            tokio::time::timeout(DEMAND_WAIT, finished.wait_for(|&n| n >= target)).await,
             Ok(Ok(_))
         )
     }
@@ -142,16 +168,18 @@ impl RemoteKeys {
     }
 
     /// Puts a fetched set in place; whether a key was dropped or changed.
+    /// Logged when the set changed (the skipped keys too: a provider that
+    /// also publishes an encryption key would otherwise warn every refresh).
     fn install(&self, parsed: Parsed) -> bool {
-        for why in &parsed.skipped {
-            tracing::warn!(issuer = %self.issuer, url = %self.spec.url, "JWK skipped: {why}");
-        }
         let old = self.keys.load_full();
         let dropped = old.iter().any(|o| !parsed.keys.iter().any(|n| n.same(o)));
         let added = parsed.keys.iter().any(|n| !old.iter().any(|o| n.same(o)));
         if dropped || added || !self.is_fetched() {
             let kids: Vec<&str> = parsed.keys.iter().map(|f| &*f.key.id).collect();
             tracing::info!(issuer = %self.issuer, url = %self.spec.url, ?kids, "JWKS fetched");
+            for why in &parsed.skipped {
+                tracing::warn!(issuer = %self.issuer, url = %self.spec.url, "JWK skipped: {why}");
+            }
         }
         self.keys.store(Arc::new(parsed.keys));
         self.fetched.store(true, Ordering::Release);
@@ -163,6 +191,17 @@ impl RemoteKeys {
 /// dropped. `on_dropped` runs when a fetch drops or changes a key (it
 /// empties the snapshot's claims cache).
 pub fn spawn(remote: &Arc<RemoteKeys>, on_dropped: impl Fn() + Send + 'static) {
+    let url = &remote.spec.url;
+    let loopback = url.host().is_some_and(|h| {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    if url.scheme_str() == Some("http") && !loopback {
+        tracing::warn!(issuer = %remote.issuer, %url,
+            "jwks_url is plain http: whoever can alter the traffic can substitute keys; use https");
+    }
     tokio::spawn(watch(Arc::downgrade(remote), on_dropped));
 }
 
@@ -170,6 +209,8 @@ async fn watch(remote: Weak<RemoteKeys>, on_dropped: impl Fn() + Send + 'static)
     loop {
         let Some(r) = remote.upgrade() else { return };
         if r.retired.load(Ordering::Relaxed) {
+            // Nothing more is fetched here: whoever waits stops waiting.
+            r.done.send_replace(u64::MAX);
             return;
         }
         let number = r.started.fetch_add(1, Ordering::SeqCst) + 1;
@@ -220,6 +261,48 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn remote() -> RemoteKeys {
+        let spec = JwksSpec {
+            url: "http://127.0.0.1:9/jwks".parse().unwrap(),
+            refresh: Duration::from_secs(600),
+        };
+        RemoteKeys::new("idp", spec, None)
+    }
+
+    #[tokio::test]
+    async fn a_retired_issuer_answers_at_once() {
+        let r = remote();
+        r.retire();
+        let answer = tokio::time::timeout(Duration::from_secs(1), r.refetched()).await;
+        assert_eq!(answer, Ok(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_demand_fetches_are_one_per_cooldown_and_shared_while_under_way() {
+        let r = remote();
+        r.fetched.store(true, Ordering::Release);
+        // The first asks for fetch 1 and waits for it; the second, inside
+        // the cooldown, waits for the same fetch; both see it finish.
+        let (first, second) = (r.refetched(), r.refetched());
+        let finish = async {
+            tokio::task::yield_now().await;
+            r.started.store(1, Ordering::SeqCst);
+            r.done.send_replace(1);
+        };
+        let (a, b, ()) = tokio::join!(first, second, finish);
+        assert!(a && b);
+        // Done, and still inside the cooldown: no wait, no fetch.
+        assert!(!r.refetched().await);
+        tokio::time::advance(REFETCH_COOLDOWN).await;
+        let again = r.refetched();
+        let finish = async {
+            tokio::task::yield_now().await;
+            r.done.send_replace(2);
+        };
+        let (again, ()) = tokio::join!(again, finish);
+        assert!(again);
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {

@@ -21,6 +21,10 @@ use super::remote::RemoteKeys;
 use super::{Identity, VerifiedClaims};
 use crate::config::{IssuerSpec, TokensConfig};
 
+/// A token without `kid` is checked against at most this many keys of its
+/// issuer (those for its algorithm, `[[keys]]` first, then fetched ones).
+pub const MAX_KIDLESS_KEYS: usize = 4;
+
 /// Longer tokens are refused before any decoding (no real access token is near this).
 pub const MAX_TOKEN_BYTES: usize = 8192;
 
@@ -355,10 +359,13 @@ impl Verifier {
                 key.verifying.verify(signed.as_bytes(), signature)
             }
             // PyJWT-style tokens carry no kid: any key of the issuer for
-            // the header's algorithm (an old and a new secret, say).
+            // the header's algorithm (an old and a new secret, say), up to
+            // a few, so that a forged token costs a few checks, not one per
+            // key a provider publishes.
             None => {
                 let mut tried = false;
-                let ok = keys.filter(|k| k.algorithm == header.alg).any(|k| {
+                let candidates = keys.filter(|k| k.algorithm == header.alg);
+                let ok = candidates.take(MAX_KIDLESS_KEYS).any(|k| {
                     if !tried {
                         checked();
                         tried = true;

@@ -185,6 +185,10 @@ fn jwks_urls_are_http_or_https_with_a_refresh_of_a_second_or_more() {
             "audiences = [\"api\"]",
             "needs `keys = [...]` or a `jwks_url`",
         ),
+        (
+            "jwks_url = \"https://idp/k\"\nalgorithms = [\"HS256\"]",
+            "serves public keys only",
+        ),
     ] {
         let errs = check(&issuer(fields)).unwrap_err();
         assert!(errs.iter().any(|e| e.contains(why)), "{fields}: {errs:?}");

@@ -402,6 +402,17 @@ fn issuers(raw: &RawConfig, keys: &[KeySpec], d: &mut Diags<'_>) -> Vec<IssuerSp
                 .filter_map(|a| algorithm(a, d))
                 .collect::<Vec<_>>()
         });
+        if let (Some(algs), Some(_)) = (&algorithms, &jwks)
+            && i.keys.is_empty()
+            && algs
+                .iter()
+                .all(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
+        {
+            d.at(
+                Some(&span),
+                "a jwks_url serves public keys only: `algorithms` names no RS*, PS*, ES* or EdDSA",
+            );
+        }
         if let Some(algs) = &algorithms {
             let usable = i.keys.iter().any(|k| {
                 keys.iter()

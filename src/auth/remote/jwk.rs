@@ -72,19 +72,21 @@ pub fn parse(body: &[u8], allowed: Option<&[Algorithm]>) -> Result<Parsed, Strin
         match keys_of(jwk, allowed) {
             Ok(keys) => {
                 for k in keys {
-                    let dup = out
-                        .keys
-                        .iter()
-                        .any(|o| o.key.id == k.key.id && o.key.algorithm == k.key.algorithm);
+                    // Keys without a kid are told apart by their material.
+                    let dup = out.keys.iter().any(|o| {
+                        o.key.id == k.key.id
+                            && o.key.algorithm == k.key.algorithm
+                            && (!kid.is_empty() || o.public == k.public)
+                    });
                     if dup {
                         out.skipped
-                            .push(format!("kid `{kid}`: a second key with this kid and alg"));
+                            .push(format!("kid {kid:?}: a second key with this kid and alg"));
                     } else {
                         out.keys.push(k);
                     }
                 }
             }
-            Err(why) => out.skipped.push(format!("kid `{kid}`: {why}")),
+            Err(why) => out.skipped.push(format!("kid {kid:?}: {why}")),
         }
     }
     if list.len() > MAX_KEYS {
@@ -337,6 +339,18 @@ mod tests {
         let p = parse(&set(&[jwk_of("RS256"), jwk_of("RS256")]), None).unwrap();
         assert_eq!(p.keys.len(), 1);
         assert!(p.skipped[0].contains("second key"));
+    }
+
+    #[test]
+    fn keys_without_a_kid_are_all_kept_unless_they_repeat() {
+        let bare = |id: &str| {
+            let mut jwk = jwk_of(id);
+            jwk.as_object_mut().unwrap().remove("kid");
+            jwk
+        };
+        let p = parse(&set(&[bare("ES256"), bare("EdDSA"), bare("ES256")]), None).unwrap();
+        assert_eq!(p.keys.len(), 2);
+        assert_eq!(p.skipped.len(), 1);
     }
 
     #[test]
