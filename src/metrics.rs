@@ -228,6 +228,9 @@ pub struct Gauges {
     /// Each `http://` target of each upstream: `(upstream, target, in)`,
     /// `in` while it takes requests.
     pub targets: Vec<(String, String, bool)>,
+    /// Each `jwks_url` issuer: `(issuer, keys fetched, failed fetches in a
+    /// row)`.
+    pub jwks: Vec<(String, usize, u32)>,
 }
 
 impl Metrics {
@@ -457,6 +460,32 @@ impl Metrics {
                 u8::from(*up)
             );
         }
+        header(
+            w,
+            "gatehouse_jwks_keys",
+            "gauge",
+            "Keys fetched from an issuer's jwks_url and in use (0 until the first fetch succeeds).",
+        );
+        for (issuer, keys, _) in &gauges.jwks {
+            let _ = writeln!(
+                w,
+                "gatehouse_jwks_keys{{issuer=\"{}\"}} {keys}",
+                escape(issuer)
+            );
+        }
+        header(
+            w,
+            "gatehouse_jwks_fetch_failures",
+            "gauge",
+            "Failed fetches of an issuer's jwks_url since the last one that succeeded.",
+        );
+        for (issuer, _, failures) in &gauges.jwks {
+            let _ = writeln!(
+                w,
+                "gatehouse_jwks_fetch_failures{{issuer=\"{}\"}} {failures}",
+                escape(issuer)
+            );
+        }
         metric(
             w,
             "gatehouse_connections_accepted_total",
@@ -605,6 +634,7 @@ mod tests {
         let text = m.render(&Gauges {
             cache_entries: 7,
             targets: Vec::new(),
+            jwks: Vec::new(),
         });
         let n = (SHARDS + 3) as u64;
         assert_eq!(
@@ -647,6 +677,7 @@ mod tests {
         let text = m.render(&Gauges {
             cache_entries: 0,
             targets: Vec::new(),
+            jwks: Vec::new(),
         });
         assert_eq!(
             value(&text, "gatehouse_responses_total{code=\"100\"}"),
@@ -669,6 +700,7 @@ mod tests {
         let text = m.render(&Gauges {
             cache_entries: 0,
             targets: Vec::new(),
+            jwks: Vec::new(),
         });
         assert_eq!(
             value(&text, "gatehouse_connections_accepted_total"),
@@ -679,6 +711,7 @@ mod tests {
         let text = m.render(&Gauges {
             cache_entries: 0,
             targets: Vec::new(),
+            jwks: Vec::new(),
         });
         assert_eq!(value(&text, "gatehouse_connections_open"), Some(0));
     }
@@ -692,6 +725,7 @@ mod tests {
                 ("api".into(), "127.0.0.1:9000".into(), true),
                 ("we\"ird\\name\n".into(), "10.0.0.1:80".into(), false),
             ],
+            jwks: Vec::new(),
         };
         let text = m.render(&gauges);
         assert_eq!(
@@ -724,6 +758,7 @@ mod tests {
         let text = m.render(&Gauges {
             cache_entries: 0,
             targets: Vec::new(),
+            jwks: Vec::new(),
         });
         let bucket = |le: &str| {
             value(
@@ -760,6 +795,7 @@ mod tests {
         let text = m.render(&Gauges {
             cache_entries: 0,
             targets: Vec::new(),
+            jwks: Vec::new(),
         });
         let route = |r: &str, c: &str| {
             value(
@@ -786,6 +822,7 @@ mod tests {
         let text = m.render(&Gauges {
             cache_entries: 0,
             targets: Vec::new(),
+            jwks: Vec::new(),
         });
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

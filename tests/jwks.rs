@@ -302,6 +302,12 @@ async fn a_failing_provider_and_a_reload_keep_the_keys_fetched_before() {
         idp.fetches() >= failing_since + 2
     });
     assert!(retried.await);
+    let admin = gw.admin().await;
+    let text = scrape(admin).await;
+    let series = format!("gatehouse_jwks_keys{{issuer=\"{ISS}\"}}");
+    assert_eq!(metric(&text, &series), Some(1), "{text}");
+    let series = format!("gatehouse_jwks_fetch_failures{{issuer=\"{ISS}\"}}");
+    assert!(metric(&text, &series).is_some_and(|n| n >= 2), "{text}");
     // Not from the cache: a new token of the same key.
     assert_eq!(
         get_with_token(&gw.url("/api"), &k1.token("bob"))

@@ -75,6 +75,11 @@ fn respond(req: &Request<Incoming>, health: &Health, shared: &Shared) -> Respons
                         .map(|(target, up)| (u.name.clone(), target, up))
                 })
                 .collect(),
+            jwks: snap
+                .verifier
+                .remotes()
+                .map(|r| (r.issuer.clone(), r.keys().len(), r.failures()))
+                .collect(),
         };
         let mut rsp = Response::new(body::full(shared.metrics.render(&gauges)));
         rsp.headers_mut().insert(
