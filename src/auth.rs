@@ -93,17 +93,19 @@ impl VerifiedClaims {
         };
         // A list claim: one string to split, or an array of strings. The
         // string is read in place, the array parsed.
-        let list = |name: &str, split: fn(&str) -> Vec<Box<str>>| match claims.str(name) {
-            Some(Ok(s)) => Ok(split(&s)),
-            None => Ok(Vec::new()),
-            Some(Err(())) => Ok(match get(name)? {
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(Into::into)
-                    .collect(),
-                _ => Vec::new(),
-            }),
+        let list = |name: &str, split: fn(&str) -> Vec<Box<str>>| -> Result<_, &'static str> {
+            Ok(match claims.str(name) {
+                Some(Ok(s)) => split(&s),
+                None => Vec::new(),
+                Some(Err(())) => match get(name)? {
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(Into::into)
+                        .collect(),
+                    _ => Vec::new(),
+                },
+            })
         };
         let by_comma = |s: &str| {
             s.split(',')

@@ -87,6 +87,9 @@ impl std::fmt::Debug for TlsFiles {
 pub struct StateConfig {
     /// Directory of the embedded state (and of a generated signing key).
     pub path: PathBuf,
+    /// `backend = "redis"`: the `url` of the Redis every instance shares.
+    /// `None`: the embedded store under `path`.
+    pub redis_url: Option<String>,
 }
 
 #[derive(Clone, Debug)]

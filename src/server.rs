@@ -42,10 +42,14 @@ use idle::{Idle, Streams, Tracked};
 pub async fn serve(snap: Snapshot, config_path: PathBuf) -> std::io::Result<()> {
     // The store first: a second gateway on the same state directory must
     // fail before it binds anything (or answers a health check).
-    let state = snap.config.state.path.clone();
-    let gateway = Gateway::open(snap).await.map_err(|e| {
-        std::io::Error::other(format!("{e} (under [state] path {})", state.display()))
-    })?;
+    let state = match snap.config.state.redis_url {
+        // Not the URL: it may carry a password.
+        Some(_) => "[state] backend redis".to_string(),
+        None => format!("under [state] path {}", snap.config.state.path.display()),
+    };
+    let gateway = Gateway::open(snap)
+        .await
+        .map_err(|e| std::io::Error::other(format!("{e} ({state})")))?;
     let shared: Shared = Arc::new(gateway);
     let snap = shared.load_full();
     let listen = snap.config.server.listen;
@@ -126,6 +130,7 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(limit));
     let drain = Arc::new(Drain::default());
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&shared)));
+    let follow = tokio::spawn(follow_revocations(Arc::clone(&shared)));
     health.set_ready(true);
     tokio::pin!(shutdown);
     loop {
@@ -157,11 +162,42 @@ pub async fn run(
     }
     health.set_ready(false);
     housekeeping.abort();
+    follow.abort();
     drop(listener);
     drain.start();
     tokio::select! {
         _ = all_closed(&permits, limit) => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown_grace elapsed with connections still open"),
+    }
+}
+
+/// How often a gateway on a shared store (Redis) reads the revocations the
+/// other instances recorded: SPEC §3 asks for them to be seen within 1 s.
+const FOLLOW: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Reads the shared store's log of revocations every [`FOLLOW`], forever
+/// (nothing to do, and returns, for the embedded store).
+async fn follow_revocations(shared: Shared) {
+    if !shared.store.is_shared() {
+        return;
+    }
+    let mut tick = tokio::time::interval(FOLLOW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match shared.follow_revocations().await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("reading revocations from the state store again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot read other instances' revocations");
+            }
+            Err(_) => {}
+        }
     }
 }
 

@@ -45,6 +45,9 @@ pub struct Gateway {
     pub store: Box<dyn Store>,
     pub revocations: Revocations,
     pub metrics: Arc<Metrics>,
+    /// How far the store's log of revocations has been read (a shared
+    /// store: other instances' revocations).
+    log_position: tokio::sync::Mutex<String>,
 }
 
 pub type Shared = Arc<Gateway>;
@@ -56,6 +59,8 @@ impl Gateway {
     /// When the store cannot list its revocations.
     pub async fn new(mut snap: Snapshot, store: Box<dyn Store>) -> Result<Gateway, StoreError> {
         let revocations = Revocations::default();
+        // Where the log ends before the load: nothing revoked in between is missed.
+        let log_position = store.log_position().await?;
         for r in store.live_revocations(crate::auth::issue::now()).await? {
             revocations.add(r);
         }
@@ -68,6 +73,7 @@ impl Gateway {
             snapshot: ArcSwap::new(snap),
             store,
             revocations,
+            log_position: tokio::sync::Mutex::new(log_position),
         })
     }
 
@@ -76,8 +82,13 @@ impl Gateway {
     /// # Errors
     /// When the store cannot be opened or read.
     pub async fn open(snap: Snapshot) -> Result<Gateway, StoreError> {
-        let store = crate::store::embedded::Embedded::open(&snap.config.state.path)?;
-        Gateway::new(snap, Box::new(store)).await
+        let store: Box<dyn Store> = match &snap.config.state.redis_url {
+            None => Box::new(crate::store::embedded::Embedded::open(
+                &snap.config.state.path,
+            )?),
+            Some(url) => Box::new(crate::store::redis::RedisStore::connect(url).await?),
+        };
+        Gateway::new(snap, store).await
     }
 
     /// The current snapshot (cheap: no reference count touched).
@@ -116,6 +127,24 @@ impl Gateway {
         for remote in old.verifier.remotes() {
             remote.retire();
         }
+    }
+
+    /// Adds the revocations other instances recorded in a shared store
+    /// since the last call (and this one's, again: adding is idempotent).
+    /// Returns how many were read.
+    ///
+    /// # Errors
+    /// When the store cannot be read (the next call tries again from the
+    /// same place).
+    pub async fn follow_revocations(&self) -> Result<usize, StoreError> {
+        let mut position = self.log_position.lock().await;
+        let (revocations, next) = self.store.revocations_since(&position).await?;
+        let n = revocations.len();
+        for r in revocations {
+            self.revocations.add(r);
+        }
+        *position = next;
+        Ok(n)
     }
 
     /// Whether what requests need is in place: every `jwks_url` fetched.

@@ -21,6 +21,7 @@
 //! something a crash could lose.
 
 pub mod embedded;
+pub mod redis;
 pub mod revocations;
 
 use std::future::Future;
@@ -144,4 +145,28 @@ pub trait Store: Send + Sync {
     /// Deletes families and revocations that expired before `now`; returns
     /// how many records went.
     fn sweep(&self, now: u64) -> StoreFuture<'_, usize>;
+
+    /// Where the log of revocations ends now: read it before
+    /// [`Store::live_revocations`] and follow it from there with
+    /// [`Store::revocations_since`]. The embedded store has no log (no
+    /// other instance writes to it).
+    fn log_position(&self) -> StoreFuture<'_, String> {
+        Box::pin(async { Ok(String::new()) })
+    }
+
+    /// The revocations recorded after `position` (by any instance sharing
+    /// the store, this one included), oldest first, and the position after
+    /// them. With no log, nothing.
+    fn revocations_since<'a>(
+        &'a self,
+        position: &'a str,
+    ) -> StoreFuture<'a, (Vec<Revocation>, String)> {
+        Box::pin(async move { Ok((Vec::new(), position.to_string())) })
+    }
+
+    /// Whether other instances may write to this store (then the gateway
+    /// follows its log of revocations).
+    fn is_shared(&self) -> bool {
+        false
+    }
 }

@@ -646,11 +646,11 @@ mod tests {
             assert_eq!(read(&format!(r#""sub":{sub}"#)).subject(), None, "{sub}");
         }
         let c = read(r#""roles":" admin, ,user","scope":"read  write""#);
-        assert_eq!(c.roles(), ["admin".into(), "user".into()]);
-        assert_eq!(c.scopes(), ["read".into(), "write".into()]);
+        assert_eq!(c.roles(), [Box::<str>::from("admin"), "user".into()]);
+        assert_eq!(c.scopes(), [Box::<str>::from("read"), "write".into()]);
         let c = read(r#""roles":["admin",5,"user"],"scope":"","scp":["read"]"#);
-        assert_eq!(c.roles(), ["admin".into(), "user".into()]);
-        assert_eq!(c.scopes(), ["read".into()]);
+        assert_eq!(c.roles(), [Box::<str>::from("admin"), "user".into()]);
+        assert_eq!(c.scopes(), [Box::<str>::from("read")]);
         let c = read(r#""roles":null,"scope":7"#);
         assert!(c.roles().is_empty() && c.scopes().is_empty());
     }

@@ -38,15 +38,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
     let routes = routes(&raw.routes, &raw.upstreams, &mut d);
     let identity = identity(&raw.identity, &mut d);
     let login = raw.login.as_ref().and_then(|l| login(l, path, &mut d));
-    if raw.state.backend.get_ref() != "embedded" {
-        d.at(
-            Some(&raw.state.backend.span()),
-            format!(
-                "[state] backend `{}` is not supported yet: use \"embedded\"",
-                raw.state.backend.get_ref()
-            ),
-        );
-    }
+    let redis_url = state_backend(&raw.state, &raw.keys, &mut d);
     if raw.cache.max_entries == 0 {
         d.at(None, "[cache] max_entries must be at least 1");
     }
@@ -60,6 +52,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
         server: server.expect("no diagnostics means the server section parsed"),
         state: StateConfig {
             path: resolve_against(path, &raw.state.path),
+            redis_url,
         },
         tokens: TokensConfig {
             issuer: t.issuer.clone(),
@@ -119,6 +112,54 @@ fn login(raw: &Spanned<RawLogin>, path: &Path, d: &mut Diags<'_>) -> Option<Logi
         rate_limit_per_ip: per_ip?,
         rate_limit_per_user: per_user?,
     })
+}
+
+/// `[state] backend`: `None` for the embedded store, the Redis URL for
+/// `"redis"`. Several instances share a Redis, so they must also share a
+/// signing key: a generated one would differ per instance, and tokens one
+/// issued would fail at the others.
+fn state_backend(
+    state: &super::raw::RawState,
+    keys: &[Spanned<RawKey>],
+    d: &mut Diags<'_>,
+) -> Option<String> {
+    let span = state.backend.span();
+    match state.backend.get_ref().as_str() {
+        "embedded" => None,
+        "redis" => {
+            let Some(url) = &state.url else {
+                d.at(
+                    Some(&span),
+                    "backend = \"redis\" needs `url = \"redis://host:port/db\"`",
+                );
+                return None;
+            };
+            if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+                let why = if url.starts_with("rediss://") {
+                    "TLS to Redis (rediss://) is not supported yet"
+                } else {
+                    "it is not a redis:// URL"
+                };
+                d.at(Some(&span), format!("[state] url: {why}"));
+                return None;
+            }
+            if !keys.iter().any(|k| k.get_ref().sign) {
+                d.at(
+                    Some(&span),
+                    "backend = \"redis\" is for several instances, which must sign with the same key: \
+                     add a [[keys]] entry with sign = true (the generated key would differ per instance)",
+                );
+            }
+            Some(url.clone())
+        }
+        other => {
+            d.at(
+                Some(&span),
+                format!("[state] backend `{other}` is not one of \"embedded\", \"redis\""),
+            );
+            None
+        }
+    }
 }
 
 fn verify_url(url: &Spanned<String>, d: &mut Diags<'_>) -> Option<http::Uri> {

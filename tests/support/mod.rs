@@ -30,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 pub mod process;
+pub mod redis;
 
 /// A 64-byte HS256 secret written to `hs.secret` in every gateway's directory.
 pub const HS_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
