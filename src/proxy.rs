@@ -214,6 +214,7 @@ pub(crate) fn admit(
                 GatewayError::MalformedAuthorization => ("malformed", ""),
                 GatewayError::InvalidToken(why) => ("invalid_token", why),
                 GatewayError::InsufficientScope(why) => ("forbidden", why),
+                GatewayError::Unavailable(why) => ("unavailable", why),
                 _ => ("error", ""),
             };
             snap.metrics.auth_refused(outcome, reason);

@@ -342,6 +342,24 @@ async fn tokens_are_answered_503_while_the_first_fetch_fails() {
     let why = r.json()["error_description"].to_string();
     assert!(why.contains("not fetched yet"), "{why}");
     assert!(!gw.shared.keys_ready());
+    // A token no fetched key could ever verify is the token's fault: 401.
+    let claims = json!({"iss": ISS, "aud": "api", "sub": "x", "exp": now() + 600});
+    let hs = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(b"a secret of thirty-two bytes or more"),
+    )
+    .unwrap();
+    let r = get_with_token(&gw.url("/api"), &hs).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        reason(&r).contains("algorithm not allowed"),
+        "{}",
+        reason(&r)
+    );
+    let text = scrape(gw.admin().await).await;
+    let series = "gatehouse_auth_total{outcome=\"unavailable\",reason=\"the issuer's keys are not fetched yet\"}";
+    assert_eq!(metric(&text, series), Some(1), "{text}");
     // The provider recovers; the retries (1 s, 2 s, ...) pick the keys up.
     idp.answer(200);
     let ready = eventually(Duration::from_secs(10), || async { gw.shared.keys_ready() });

@@ -162,6 +162,17 @@ impl RemoteKeys {
         )
     }
 
+    /// Whether a key this issuer fetches could verify `alg`: one of its
+    /// `algorithms`, and never an HMAC one (a JWK Set holds public keys).
+    pub fn may_serve(&self, alg: Algorithm) -> bool {
+        let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        !hmac
+            && self
+                .algorithms
+                .as_ref()
+                .is_none_or(|list| list.contains(&alg))
+    }
+
     /// Failed fetches since the last success.
     pub fn failures(&self) -> u32 {
         self.failures.load(Ordering::Relaxed)

@@ -350,7 +350,7 @@ impl Verifier {
             Some(kid) => {
                 let mut named = keys.filter(|k| *k.id == *kid).peekable();
                 if named.peek().is_none() {
-                    return Err(issuer.missing(Rejected::UNKNOWN_KID));
+                    return Err(issuer.missing(Rejected::UNKNOWN_KID, header.alg));
                 }
                 let key = named
                     .find(|k| k.algorithm == header.alg)
@@ -373,7 +373,7 @@ impl Verifier {
                     k.verifying.verify(signed.as_bytes(), signature)
                 });
                 if !tried {
-                    return Err(issuer.missing(Rejected("algorithm not allowed")));
+                    return Err(issuer.missing(Rejected("algorithm not allowed"), header.alg));
                 }
                 ok
             }
@@ -471,10 +471,10 @@ impl Verifier {
 
 impl Issuer {
     /// `why` no key fits, unless the issuer's `jwks_url` has not been
-    /// fetched yet: then that is why.
-    fn missing(&self, why: Rejected) -> Rejected {
+    /// fetched yet and could serve a key for `alg`: then that is why.
+    fn missing(&self, why: Rejected, alg: Algorithm) -> Rejected {
         match &self.remote {
-            Some(r) if !r.is_fetched() => Rejected::KEYS_NOT_FETCHED,
+            Some(r) if !r.is_fetched() && r.may_serve(alg) => Rejected::KEYS_NOT_FETCHED,
             _ => why,
         }
     }

@@ -189,6 +189,10 @@ fn jwks_urls_are_http_or_https_with_a_refresh_of_a_second_or_more() {
             "jwks_url = \"https://idp/k\"\nalgorithms = [\"HS256\"]",
             "serves public keys only",
         ),
+        (
+            "keys = [\"hs\"]\njwks_url = \"https://idp/k\"\nalgorithms = [\"HS256\"]",
+            "serves public keys only",
+        ),
     ] {
         let errs = check(&issuer(fields)).unwrap_err();
         assert!(errs.iter().any(|e| e.contains(why)), "{fields}: {errs:?}");

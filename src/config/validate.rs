@@ -444,7 +444,6 @@ fn issuers(raw: &RawConfig, keys: &[KeySpec], d: &mut Diags<'_>) -> Vec<IssuerSp
                 .collect::<Vec<_>>()
         });
         if let (Some(algs), Some(_)) = (&algorithms, &jwks)
-            && i.keys.is_empty()
             && algs
                 .iter()
                 .all(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
