@@ -180,6 +180,24 @@ async fn revocations_keep_the_later_until_and_cutoff_and_are_logged() {
 }
 
 #[tokio::test]
+async fn a_unix_socket_url_reaches_the_same_server() {
+    let server = RedisServer::start().await;
+    let tcp = RedisStore::connect(&server.url).await.unwrap();
+    tcp.revoke_jti("j1", now() + 60).await.unwrap();
+    // The socket appears a moment after the TCP port.
+    let mut unix = RedisStore::connect(&server.unix_url).await;
+    for _ in 0..50 {
+        if unix.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        unix = RedisStore::connect(&server.unix_url).await;
+    }
+    let live = unix.unwrap().live_revocations(now()).await.unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+}
+
+#[tokio::test]
 async fn an_unreachable_redis_is_an_error_not_a_hang() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("redis://{}/0", closed.local_addr().unwrap());

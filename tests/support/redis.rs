@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Child,
     pub url: String,
+    /// The same server on a Unix socket.
+    pub unix_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -22,6 +24,8 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(dir.path().join("redis.sock"))
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -42,9 +46,11 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let unix_url = format!("redis+unix://{}", dir.path().join("redis.sock").display());
         RedisServer {
             child,
             url,
+            unix_url,
             _dir: dir,
         }
     }
