@@ -48,6 +48,9 @@ pub struct Gateway {
     /// How far the store's log of revocations has been read (a shared
     /// store: other instances' revocations).
     log_position: tokio::sync::Mutex<String>,
+    /// The last read of that log failed: the store is not usable
+    /// (`/readyz` answers 503 until a read succeeds again).
+    store_failing: std::sync::atomic::AtomicBool,
 }
 
 pub type Shared = Arc<Gateway>;
@@ -74,6 +77,7 @@ impl Gateway {
             store,
             revocations,
             log_position: tokio::sync::Mutex::new(log_position),
+            store_failing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -138,7 +142,10 @@ impl Gateway {
     /// same place).
     pub async fn follow_revocations(&self) -> Result<usize, StoreError> {
         let mut position = self.log_position.lock().await;
-        let (revocations, next) = self.store.revocations_since(&position).await?;
+        let read = self.store.revocations_since(&position).await;
+        let failing = &self.store_failing;
+        failing.store(read.is_err(), std::sync::atomic::Ordering::Relaxed);
+        let (revocations, next) = read?;
         let n = revocations.len();
         for r in revocations {
             self.revocations.add(r);
@@ -150,6 +157,15 @@ impl Gateway {
     /// Whether what requests need is in place: every `jwks_url` fetched.
     pub fn keys_ready(&self) -> bool {
         self.snapshot.load().verifier.keys_ready()
+    }
+
+    /// Whether the state store answered when last asked (a shared store is
+    /// asked four times a second; the embedded one is always usable once
+    /// open).
+    pub fn store_ready(&self) -> bool {
+        !self
+            .store_failing
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

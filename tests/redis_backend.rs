@@ -341,6 +341,33 @@ async fn a_refresh_token_replayed_at_another_instance_ends_the_session_everywher
 }
 
 #[tokio::test]
+async fn when_redis_goes_away_readiness_drops_and_logins_fail_fast() {
+    let mut redis = RedisServer::start().await;
+    let up = TestUpstream::start().await;
+    let gw = gateway(&up, &redis).await;
+    let pair = login(&gw).await;
+    assert!(gw.shared.store_ready());
+    redis.stop();
+    let start = Instant::now();
+    while gw.shared.store_ready() && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!gw.shared.store_ready(), "still ready without redis");
+    // What needs the store: 503 within its timeout, not a hang.
+    let creds = json!({ "username": "alice", "password": "pw" });
+    let asked = Instant::now();
+    let r = post_json(&gw.url("/auth/login"), &[], &creds).await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(asked.elapsed() < Duration::from_secs(10));
+    assert_eq!(refresh(&gw, &pair.refresh).await.status, 503);
+    // What does not: a verified token still passes.
+    assert_eq!(
+        get_with_token(&gw.url("/api/x"), &pair.access).await.status,
+        200
+    );
+}
+
+#[tokio::test]
 async fn check_wants_a_url_and_a_shared_signing_key() {
     let redis_without_key = r#"
 [state]

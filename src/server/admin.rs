@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz` (200 while the process serves),
-//! `/readyz` (200 while the gateway accepts traffic and every `jwks_url`
-//! issuer has its keys; 503 before that and once it drains)
+//! `/readyz` (200 while the gateway accepts traffic, every `jwks_url`
+//! issuer has its keys and the state store answers; 503 otherwise, and
+//! once it drains)
 //! and `/metrics` (Prometheus text format; see `crate::metrics`).
 
 use std::convert::Infallible;
@@ -94,6 +95,10 @@ fn respond(req: &Request<Incoming>, health: &Health, shared: &Shared) -> Respons
         "/readyz" if !shared.keys_ready() => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: an issuer's jwks_url has not been fetched yet\n",
+        ),
+        "/readyz" if !shared.store_ready() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the state store does not answer\n",
         ),
         "/readyz" => (StatusCode::OK, "ready\n"),
         _ => (StatusCode::NOT_FOUND, "not found\n"),

@@ -56,6 +56,14 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Stops the server (as a crash would).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
