@@ -83,13 +83,22 @@ impl std::fmt::Debug for TlsFiles {
     }
 }
 
-#[derive(Debug)]
 pub struct StateConfig {
     /// Directory of the embedded state (and of a generated signing key).
     pub path: PathBuf,
     /// `backend = "redis"`: the `url` of the Redis every instance shares.
     /// `None`: the embedded store under `path`.
     pub redis_url: Option<String>,
+}
+
+/// Without the Redis URL, which may hold a password.
+impl fmt::Debug for StateConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateConfig")
+            .field("path", &self.path)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -142,16 +142,22 @@ impl Gateway {
     /// same place).
     pub async fn follow_revocations(&self) -> Result<usize, StoreError> {
         let mut position = self.log_position.lock().await;
-        let read = self.store.revocations_since(&position).await;
-        let failing = &self.store_failing;
-        failing.store(read.is_err(), std::sync::atomic::Ordering::Relaxed);
-        let (revocations, next) = read?;
-        let n = revocations.len();
-        for r in revocations {
-            self.revocations.add(r);
+        let mut n = 0;
+        // Until the log is read to its end (each read returns a batch).
+        loop {
+            let read = self.store.revocations_since(&position).await;
+            let failing = &self.store_failing;
+            failing.store(read.is_err(), std::sync::atomic::Ordering::Relaxed);
+            let (revocations, next) = read?;
+            n += revocations.len();
+            for r in revocations {
+                self.revocations.add(r);
+            }
+            if next == *position {
+                return Ok(n);
+            }
+            *position = next;
         }
-        *position = next;
-        Ok(n)
     }
 
     /// Whether what requests need is in place: every `jwks_url` fetched.

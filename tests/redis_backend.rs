@@ -180,6 +180,36 @@ async fn revocations_keep_the_later_until_and_cutoff_and_are_logged() {
 }
 
 #[tokio::test]
+async fn edges_match_the_embedded_store() {
+    let (_server, store) = store().await;
+    // A family lives through its `exp` second.
+    let t = now();
+    let f = Family {
+        exp: t,
+        ..family("f1", "r1")
+    };
+    store.insert_family(&f).await.unwrap();
+    let r = RotateRequest {
+        now: t,
+        ..req("f1", "r1", "r2")
+    };
+    assert!(matches!(
+        store.rotate(r).await.unwrap(),
+        Rotation::Rotated(_)
+    ));
+    // A token of another issuer may claim any `exp`: its logout still works.
+    store
+        .revoke_jti("far", 10_000_000_000_000_000)
+        .await
+        .unwrap();
+    let live = store.live_revocations(now()).await.unwrap();
+    assert!(
+        live.iter()
+            .any(|r| matches!(r, Revocation::Jti { jti, .. } if jti == "far"))
+    );
+}
+
+#[tokio::test]
 async fn a_unix_socket_url_reaches_the_same_server() {
     let server = RedisServer::start().await;
     let tcp = RedisStore::connect(&server.url).await.unwrap();
@@ -316,6 +346,28 @@ async fn a_logout_at_one_instance_is_seen_by_the_other_within_a_second() {
         get_with_token(&c.url("/api/x"), &pair.access).await.status,
         401
     );
+}
+
+#[tokio::test]
+async fn a_burst_of_revocations_is_followed_to_its_end_within_a_second() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start().await;
+    let b = gateway(&up, &redis).await;
+    let other = RedisStore::connect(&redis.url).await.unwrap();
+    let before = b.shared.revocations.len();
+    for i in 0..2500 {
+        other
+            .revoke_jti(&format!("j{i}"), now() + 600)
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    while b.shared.revocations.len() < before + 2500 && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = start.elapsed();
+    assert_eq!(b.shared.revocations.len(), before + 2500);
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }
 
 #[tokio::test]

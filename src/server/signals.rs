@@ -52,6 +52,10 @@ async fn reload(shared: &Shared, path: &std::path::Path) {
             if snap.config.server.listen != old.config.server.listen {
                 tracing::warn!("SIGHUP: [server] listen changed; it takes effect on restart");
             }
+            let (new_state, old_state) = (&snap.config.state, &old.config.state);
+            if (&new_state.path, &new_state.redis_url) != (&old_state.path, &old_state.redis_url) {
+                tracing::warn!("SIGHUP: [state] changed; it takes effect on restart");
+            }
             if snap.tls.is_some() != old.tls.is_some() {
                 tracing::warn!("SIGHUP: [server] tls turned on or off; it takes effect on restart");
                 // A TLS listener keeps answering with the certificate it has.

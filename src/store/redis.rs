@@ -19,6 +19,7 @@
 //! a Redis crash is the server's persistence setting (`appendonly yes` with
 //! `appendfsync always` for the embedded backend's guarantee).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -29,6 +30,10 @@ use super::{Family, Revocation, RotateRequest, Rotation, Store, StoreError, Stor
 /// Every key starts with this.
 const PREFIX: &str = "gatehouse:";
 
+/// The latest time Redis takes for an expiry (9999-12-31): a token from
+/// another issuer may claim any `exp`, and Redis refuses one past this.
+const LATEST: u64 = 253_402_300_799;
+
 /// The revocation stream is trimmed to about this many entries. An
 /// instance reads it four times a second, so only one that stalled while
 /// this many revocations were made could miss some (a restart reloads
@@ -38,20 +43,26 @@ const STREAM_LEN: u64 = 100_000;
 /// How long a command (or a connection) may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Keys a `SCAN` call looks at.
+const SCAN_COUNT: u64 = 10_000;
+
 /// Revocations read from the stream per call.
 const STREAM_BATCH: usize = 1000;
 
-/// Creates a family unless its id exists. KEYS: fam. ARGV: subject, data,
+/// Creates a family unless its id exists (its key outlives `exp` by a
+/// second: see [`ROTATE`]). KEYS: fam. ARGV: subject, data,
 /// current, rotated_at, exp.
 const INSERT_FAMILY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'subject', ARGV[1], 'data', ARGV[2], 'current', ARGV[3],
   'rotated_at', ARGV[4], 'exp', ARGV[5], 'revoked', '0')
-redis.call('EXPIREAT', KEYS[1], ARGV[5])
+redis.call('EXPIREAT', KEYS[1], tonumber(ARGV[5]) + 1)
 return 1
 ";
 
-/// The rotation rules of `embedded::decide`, atomically. KEYS: fam,
+/// The rotation rules of `embedded::decide`, atomically. A family lives
+/// through its `exp` second (`exp >= now`, as in the embedded store), so
+/// its key expires a second after it. KEYS: fam,
 /// rev:fam, stream. ARGV: presented, next, now, exp, grace, family id,
 /// stream length.
 const ROTATE: &str = r"
@@ -61,7 +72,7 @@ if not f[1] or tonumber(f[4]) < now then return {'unknown'} end
 if f[5] == '1' then return {'revoked'} end
 if ARGV[1] == f[1] then
   redis.call('HSET', KEYS[1], 'previous', f[1], 'current', ARGV[2], 'rotated_at', ARGV[3], 'exp', ARGV[4])
-  redis.call('EXPIREAT', KEYS[1], ARGV[4])
+  redis.call('EXPIREAT', KEYS[1], tonumber(ARGV[4]) + 1)
   return {'rotated', redis.call('HGETALL', KEYS[1])}
 end
 local grace = tonumber(ARGV[5])
@@ -106,6 +117,32 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'sub', 'id', AR
   'cutoff', cutoff, 'until', till)
 return till
 ";
+
+/// The scripts, each hashed once (the client sends `EVALSHA`, and the
+/// script itself only when Redis does not know it yet).
+fn script(cell: &'static OnceLock<Script>, source: &str) -> &'static Script {
+    cell.get_or_init(|| Script::new(source))
+}
+
+fn insert_family_script() -> &'static Script {
+    static S: OnceLock<Script> = OnceLock::new();
+    script(&S, INSERT_FAMILY)
+}
+
+fn rotate_script() -> &'static Script {
+    static S: OnceLock<Script> = OnceLock::new();
+    script(&S, ROTATE)
+}
+
+fn revoke_script() -> &'static Script {
+    static S: OnceLock<Script> = OnceLock::new();
+    script(&S, REVOKE)
+}
+
+fn revoke_subject_script() -> &'static Script {
+    static S: OnceLock<Script> = OnceLock::new();
+    script(&S, REVOKE_SUBJECT)
+}
 
 /// A Redis-backed store. Cloning shares the connection.
 #[derive(Clone)]
@@ -175,13 +212,13 @@ impl Store for RedisStore {
         let family = family.clone();
         Box::pin(async move {
             let data = serde_json::to_string(&data).map_err(fail("encode family"))?;
-            let created: i64 = Script::new(INSERT_FAMILY)
+            let created: i64 = insert_family_script()
                 .key(key("fam", &family.id))
                 .arg(&family.subject)
                 .arg(data)
                 .arg(&family.current)
                 .arg(family.rotated_at)
-                .arg(family.exp)
+                .arg(family.exp.min(LATEST))
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(fail("insert family"))?;
@@ -195,14 +232,14 @@ impl Store for RedisStore {
 
     fn rotate<'a>(&'a self, req: RotateRequest<'a>) -> StoreFuture<'a, Rotation> {
         Box::pin(async move {
-            let answer: Vec<Value> = Script::new(ROTATE)
+            let answer: Vec<Value> = rotate_script()
                 .key(key("fam", req.family))
                 .key(key("rev:fam", req.family))
                 .key(stream())
                 .arg(req.presented)
                 .arg(req.next)
                 .arg(req.now)
-                .arg(req.exp)
+                .arg(req.exp.min(LATEST))
                 .arg(req.grace)
                 .arg(req.family)
                 .arg(STREAM_LEN)
@@ -238,11 +275,11 @@ impl Store for RedisStore {
 
     fn revoke_family<'a>(&'a self, family: &'a str, until: u64) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let _: u64 = Script::new(REVOKE)
+            let _: u64 = revoke_script()
                 .key(key("rev:fam", family))
                 .key(stream())
                 .key(key("fam", family))
-                .arg(until)
+                .arg(until.min(LATEST))
                 .arg("fam")
                 .arg(family)
                 .arg(STREAM_LEN)
@@ -255,10 +292,10 @@ impl Store for RedisStore {
 
     fn revoke_jti<'a>(&'a self, jti: &'a str, until: u64) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let _: u64 = Script::new(REVOKE)
+            let _: u64 = revoke_script()
                 .key(key("rev:jti", jti))
                 .key(stream())
-                .arg(until)
+                .arg(until.min(LATEST))
                 .arg("jti")
                 .arg(jti)
                 .arg(STREAM_LEN)
@@ -276,11 +313,11 @@ impl Store for RedisStore {
         until: u64,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let _: u64 = Script::new(REVOKE_SUBJECT)
+            let _: u64 = revoke_subject_script()
                 .key(key("rev:sub", subject))
                 .key(stream())
                 .arg(cutoff)
-                .arg(until)
+                .arg(until.min(LATEST))
                 .arg(subject)
                 .arg(STREAM_LEN)
                 .invoke_async(&mut self.conn())
@@ -295,14 +332,24 @@ impl Store for RedisStore {
             let mut conn = self.conn();
             let pattern = format!("{PREFIX}rev:*");
             let mut keys: Vec<String> = Vec::new();
-            {
-                let mut iter = conn
-                    .scan_match::<_, String>(&pattern)
+            let mut cursor = 0u64;
+            loop {
+                // COUNT: without it Redis looks at 10 keys a call, and every
+                // family is a key too.
+                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .query_async(&mut conn)
                     .await
                     .map_err(fail("scan revocations"))?;
-                while let Some(k) = iter.next_item().await {
-                    keys.push(k.map_err(fail("scan revocations"))?);
+                keys.extend(found);
+                if next == 0 {
+                    break;
                 }
+                cursor = next;
             }
             let mut out = Vec::new();
             for chunk in keys.chunks(STREAM_BATCH) {
