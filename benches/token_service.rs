@@ -56,14 +56,14 @@ fn bench(c: &mut Criterion) {
         g.bench_function(alg, |b| {
             b.iter(|| {
                 let a = issue::sign_access(signer, tokens, &grant, "f.j".into(), now).unwrap();
-                let r = issue::sign_refresh(signer, tokens, "42", "f", now).unwrap();
+                let r = issue::sign_refresh(signer, tokens, "42", "f", now, now).unwrap();
                 (a, r)
             })
         });
     }
     g.finish();
 
-    let refresh = issue::sign_refresh(snap.keys.signer().unwrap(), tokens, "42", "fam", now)
+    let refresh = issue::sign_refresh(snap.keys.signer().unwrap(), tokens, "42", "fam", now, now)
         .unwrap()
         .token;
     c.bench_function("verify_refresh/EdDSA", |b| {

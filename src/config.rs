@@ -109,6 +109,9 @@ pub struct TokensConfig {
     pub refresh_ttl: Duration,
     pub leeway: Duration,
     pub refresh_reuse_grace: Duration,
+    /// A login's refresh tokens stop this long after it, however often they
+    /// are refreshed (`None`: each refresh grants a new `refresh_ttl`).
+    pub session_max: Option<Duration>,
 }
 
 /// One `[[keys]]` entry with its material read from disk or the environment.

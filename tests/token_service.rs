@@ -283,7 +283,16 @@ fn assert_alice_pair(r: &Reply) -> Pair {
     let rc = jwt_claims(&pair.refresh);
     assert_eq!(
         keys_of(&rc),
-        ["exp", "fam", "iat", "iss", "jti", "sub", "type"],
+        [
+            "auth_time",
+            "exp",
+            "fam",
+            "iat",
+            "iss",
+            "jti",
+            "sub",
+            "type"
+        ],
         "{rc}"
     );
     assert_eq!(rc["iss"], "gatehouse");
@@ -507,6 +516,37 @@ async fn within_the_grace_window_a_replayed_token_does_not_revoke_the_family() {
     let third = Pair::of(&env.refresh(&second.refresh).await);
     env.assert_api_ok(&third.access, "after the grace replay")
         .await;
+}
+
+#[tokio::test]
+async fn session_max_ends_a_login_however_often_it_refreshes() {
+    let env = Env::start(Setup {
+        tokens: r#"session_max = "3s""#,
+        ..Setup::default()
+    })
+    .await;
+    let login = env.login("alice", PW).await;
+    let auth_time = now();
+    assert!(login.json()["refresh_expires_in"].as_u64().unwrap() <= 3);
+    let mut pair = Pair::of(&login);
+    // Refreshing keeps the login's end, not a new refresh_ttl from now.
+    for _ in 0..2 {
+        let r = env.refresh(&pair.refresh).await;
+        let left = r.json()["refresh_expires_in"].as_u64().unwrap();
+        assert!(left <= 3, "{left}");
+        pair = Pair::of(&r);
+        let claims = jwt_claims(&pair.refresh);
+        assert!(claims["auth_time"].as_u64().unwrap() >= auth_time - 1);
+        assert!(claims["exp"].as_u64().unwrap() <= auth_time + 3 + 1);
+    }
+    while now() <= auth_time + 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.assert_refresh_refused(&pair.refresh, "past session_max")
+        .await;
+    // A new login starts a new session.
+    let again = env.pair("alice").await;
+    assert_eq!(env.refresh(&again.refresh).await.status, 200);
 }
 
 #[tokio::test]

@@ -27,6 +27,8 @@ pub struct Minted {
     pub token: String,
     pub jti: String,
     pub exp: u64,
+    /// Seconds from signing to `exp` (the token response's `*_expires_in`).
+    pub expires_in: u64,
 }
 
 /// A 128-bit random id, base64url (`jti`, family ids).
@@ -82,10 +84,18 @@ pub fn sign_access(
         claims.extend(reg);
     }
     let token = sign(key, "at+jwt", &claims)?;
-    Ok(Minted { token, jti, exp })
+    let expires_in = grant.ttl.as_secs();
+    Ok(Minted {
+        token,
+        jti,
+        exp,
+        expires_in,
+    })
 }
 
-/// Signs a refresh token of `family` for `subject`.
+/// Signs a refresh token of `family` for `subject`, whose login was at
+/// `auth_time`: it expires `refresh_ttl` from now, or `session_max` after
+/// the login if that comes first.
 ///
 /// # Errors
 /// When `key` cannot sign (a verify-only key) or signing fails.
@@ -95,9 +105,14 @@ pub fn sign_refresh(
     subject: &str,
     family: &str,
     iat: u64,
+    auth_time: u64,
 ) -> Result<Minted, Error> {
     let jti = random_id();
-    let exp = now() + tokens.refresh_ttl.as_secs();
+    let now = now();
+    let mut exp = now + tokens.refresh_ttl.as_secs();
+    if let Some(max) = tokens.session_max {
+        exp = exp.min(auth_time.saturating_add(max.as_secs()));
+    }
     let claims = json!({
         "iss": tokens.issuer,
         "sub": subject,
@@ -106,9 +121,15 @@ pub fn sign_refresh(
         "jti": jti,
         "type": "refresh",
         "fam": family,
+        "auth_time": auth_time,
     });
     let token = sign(key, "rt+jwt", &claims)?;
-    Ok(Minted { token, jti, exp })
+    Ok(Minted {
+        token,
+        jti,
+        exp,
+        expires_in: exp.saturating_sub(now),
+    })
 }
 
 fn sign(key: &Key, typ: &str, claims: &impl serde::Serialize) -> Result<String, Error> {

@@ -145,6 +145,9 @@ pub struct RefreshClaims {
     pub family: String,
     pub iat: u64,
     pub exp: u64,
+    /// When the login it descends from happened (`auth_time`); `iat` for a
+    /// token minted before gatehouse wrote it.
+    pub auth_time: u64,
 }
 
 impl Verifier {
@@ -290,15 +293,21 @@ impl Verifier {
             Some(Ok(s)) if !s.is_empty() => Ok(s.into_owned()),
             _ => Err(Rejected("malformed token")),
         };
+        let iat = match claims.u64("iat") {
+            Some(Ok(iat)) => iat,
+            _ => return Err(Rejected("malformed token")),
+        };
         Ok(RefreshClaims {
             subject: text("sub")?,
             jti: text("jti")?,
             family: text("fam")?,
-            iat: match claims.u64("iat") {
-                Some(Ok(iat)) => iat,
-                _ => return Err(Rejected("malformed token")),
-            },
+            iat,
             exp,
+            auth_time: match claims.u64("auth_time") {
+                None => iat,
+                Some(Ok(t)) => t,
+                Some(Err(())) => return Err(Rejected("malformed token")),
+            },
         })
     }
 
@@ -513,6 +522,7 @@ mod tests {
             refresh_ttl: Duration::from_secs(3600),
             leeway: Duration::ZERO,
             refresh_reuse_grace: Duration::ZERO,
+            session_max: None,
         };
         let identity = Identity::new(
             &IdentityConfig {

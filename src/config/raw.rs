@@ -111,6 +111,7 @@ pub struct RawTokens {
     pub refresh_ttl: Dur,
     pub leeway: Dur,
     pub refresh_reuse_grace: Dur,
+    pub session_max: Option<Dur>,
 }
 
 impl Default for RawTokens {
@@ -122,6 +123,7 @@ impl Default for RawTokens {
             refresh_ttl: Dur::secs(7 * 86_400),
             leeway: Dur::secs(30),
             refresh_reuse_grace: Dur::secs(0),
+            session_max: None,
         }
     }
 }

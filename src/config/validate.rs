@@ -61,6 +61,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
             refresh_ttl: t.refresh_ttl.0,
             leeway: t.leeway.0,
             refresh_reuse_grace: t.refresh_reuse_grace.0,
+            session_max: t.session_max.map(|d| d.0),
         },
         keys,
         issuers,

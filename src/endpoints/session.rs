@@ -93,7 +93,15 @@ pub async fn refresh(
     let iat = iat_after(cutoff, now);
     // Both signatures on one turn, taken before the commit below.
     let turn = turn_for(key).await?;
-    let next = sign_refresh(key, &turn, snap, &presented.subject, &presented.family, iat).await?;
+    let auth_time = presented.auth_time;
+    // Past `session_max` (within the refresh token's leeway): log in again.
+    if let Some(max) = tokens.session_max
+        && now >= auth_time.saturating_add(max.as_secs())
+    {
+        return Err(GatewayError::InvalidGrant("session expired: log in again"));
+    }
+    let (subject, family) = (&presented.subject, &presented.family);
+    let next = sign_refresh(key, &turn, snap, subject, family, iat, auth_time).await?;
     let rotation = gw
         .store
         .rotate(RotateRequest {
@@ -335,7 +343,7 @@ async fn issue_new_family(
     let iat = issued_at(gw, snap, &account.subject, now);
     let family_id = random_id();
     // Both signed before the commit: a slot each is enough.
-    let refresh = sign_refresh(key, &None, snap, &account.subject, &family_id, iat).await?;
+    let refresh = sign_refresh(key, &None, snap, &account.subject, &family_id, iat, now).await?;
     let access = sign_access(key, &None, snap, account, &family_id, iat).await?;
     let family = Family {
         id: family_id,
@@ -363,11 +371,12 @@ async fn sign_refresh(
     subject: &str,
     family: &str,
     iat: u64,
+    auth_time: u64,
 ) -> Result<Minted, GatewayError> {
     let tokens = snap.config.tokens.clone();
     let (subject, family) = (subject.to_owned(), family.to_owned());
     signed(key, turn, move |key| {
-        issue::sign_refresh(key, &tokens, &subject, &family, iat)
+        issue::sign_refresh(key, &tokens, &subject, &family, iat, auth_time)
     })
     .await
 }
@@ -521,7 +530,7 @@ fn token_pair(snap: &Snapshot, access: &Minted, refresh: &Minted) -> Response<Bo
             "refresh_token": refresh.token,
             "token_type": "Bearer",
             "expires_in": t.access_ttl.as_secs(),
-            "refresh_expires_in": t.refresh_ttl.as_secs(),
+            "refresh_expires_in": refresh.expires_in,
         }),
     );
     rsp.headers_mut()
