@@ -521,25 +521,36 @@ async fn within_the_grace_window_a_replayed_token_does_not_revoke_the_family() {
 #[tokio::test]
 async fn session_max_ends_a_login_however_often_it_refreshes() {
     let env = Env::start(Setup {
-        tokens: r#"session_max = "3s""#,
+        tokens: r#"session_max = "4s""#,
         ..Setup::default()
     })
     .await;
     let login = env.login("alice", PW).await;
-    let auth_time = now();
-    assert!(login.json()["refresh_expires_in"].as_u64().unwrap() <= 3);
     let mut pair = Pair::of(&login);
-    // Refreshing keeps the login's end, not a new refresh_ttl from now.
+    let first = jwt_claims(&pair.refresh);
+    let auth_time = first["auth_time"].as_u64().unwrap();
+    let end = auth_time + 4;
+    assert_eq!(first["exp"].as_u64(), Some(end));
+    assert!(login.json()["refresh_expires_in"].as_u64().unwrap() <= 4);
+    // Each refresh, a second apart, keeps the login's time and its end:
+    // neither the refresh nor the access token slides past it.
     for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let r = env.refresh(&pair.refresh).await;
         let left = r.json()["refresh_expires_in"].as_u64().unwrap();
-        assert!(left <= 3, "{left}");
+        assert!(left < 4, "{left}");
         pair = Pair::of(&r);
         let claims = jwt_claims(&pair.refresh);
-        assert!(claims["auth_time"].as_u64().unwrap() >= auth_time - 1);
-        assert!(claims["exp"].as_u64().unwrap() <= auth_time + 3 + 1);
+        assert_eq!(claims["auth_time"].as_u64(), Some(auth_time));
+        assert_eq!(claims["exp"].as_u64(), Some(end));
+        let access = jwt_claims(&pair.access);
+        assert!(access["exp"].as_u64().unwrap() <= end, "{access}");
+        assert_eq!(
+            r.json()["expires_in"].as_u64(),
+            Some(end - access["nbf"].as_u64().unwrap())
+        );
     }
-    while now() <= auth_time + 3 {
+    while now() < end {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     env.assert_refresh_refused(&pair.refresh, "past session_max")
@@ -547,6 +558,35 @@ async fn session_max_ends_a_login_however_often_it_refreshes() {
     // A new login starts a new session.
     let again = env.pair("alice").await;
     assert_eq!(env.refresh(&again.refresh).await.status, 200);
+}
+
+#[tokio::test]
+async fn within_the_leeway_a_refresh_past_session_max_is_refused() {
+    let up = TestUpstream::start().await;
+    let users = users_toml();
+    let config = config(
+        up.addr,
+        &Setup {
+            tokens: r#"session_max = "1s""#,
+            ..Setup::default()
+        },
+    )
+    .replace(r#"leeway = "0s""#, r#"leeway = "30s""#);
+    let gw = TestGateway::start_with_files(&config, &[("users.toml", &users)]).await;
+    let creds = json!({ "username": "alice", "password": PW });
+    let pair = Pair::of(&post_json(&gw.url("/auth/login"), &[], &creds).await);
+    let end = jwt_claims(&pair.refresh)["auth_time"].as_u64().unwrap() + 1;
+    while now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its exp has passed, but within the leeway it still verifies: the
+    // session's end refuses it.
+    let body = json!({ "refresh_token": pair.refresh });
+    let r = post_json(&gw.url("/auth/refresh"), &[], &body).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "invalid_grant");
+    let why = r.json()["error_description"].to_string();
+    assert!(why.contains("session expired"), "{why}");
 }
 
 #[tokio::test]

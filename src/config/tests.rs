@@ -198,3 +198,14 @@ fn jwks_urls_are_http_or_https_with_a_refresh_of_a_second_or_more() {
         assert!(errs.iter().any(|e| e.contains(why)), "{fields}: {errs:?}");
     }
 }
+
+#[test]
+fn session_max_is_a_second_or_more() {
+    let c = check(&format!("[tokens]\nsession_max = \"30d\"\n{UPSTREAM}")).unwrap();
+    assert_eq!(c.tokens.session_max, Some(Duration::from_secs(30 * 86_400)));
+    assert_eq!(check(UPSTREAM).unwrap().tokens.session_max, None);
+    for short in ["0s", "500ms"] {
+        let errs = check(&format!("[tokens]\nsession_max = \"{short}\"\n{UPSTREAM}")).unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("at least 1s")), "{errs:?}");
+    }
+}

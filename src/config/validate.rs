@@ -39,6 +39,13 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
     let identity = identity(&raw.identity, &mut d);
     let login = raw.login.as_ref().and_then(|l| login(l, path, &mut d));
     let redis_url = state_backend(&raw.state, &raw.keys, &mut d);
+    if raw
+        .tokens
+        .session_max
+        .is_some_and(|d| d.0 < std::time::Duration::from_secs(1))
+    {
+        d.at(None, "[tokens] session_max must be at least 1s");
+    }
     if raw.cache.max_entries == 0 {
         d.at(None, "[cache] max_entries must be at least 1");
     }

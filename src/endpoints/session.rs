@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -138,8 +139,9 @@ pub async fn refresh(
                     return Err(GatewayError::InvalidGrant("the user no longer exists"));
                 }
             };
-            let access = sign_access(key, &turn, snap, &account, &presented.family, iat).await?;
-            Ok(token_pair(snap, &access, &next))
+            let family = &presented.family;
+            let access = sign_access(key, &turn, snap, &account, family, iat, auth_time).await?;
+            Ok(token_pair(&access, &next))
         }
         Rotation::Grace => Err(GatewayError::InvalidGrant(
             "refresh token already used (within the reuse grace period)",
@@ -344,7 +346,7 @@ async fn issue_new_family(
     let family_id = random_id();
     // Both signed before the commit: a slot each is enough.
     let refresh = sign_refresh(key, &None, snap, &account.subject, &family_id, iat, now).await?;
-    let access = sign_access(key, &None, snap, account, &family_id, iat).await?;
+    let access = sign_access(key, &None, snap, account, &family_id, iat, now).await?;
     let family = Family {
         id: family_id,
         subject: account.subject.clone(),
@@ -360,7 +362,7 @@ async fn issue_new_family(
         .insert_family(&family)
         .await
         .map_err(store_failed)?;
-    Ok(token_pair(snap, &access, &refresh))
+    Ok(token_pair(&access, &refresh))
 }
 
 /// A refresh token of `family` for `subject`.
@@ -383,6 +385,11 @@ async fn sign_refresh(
 
 /// An access token whose `jti` names its family (`{family}.{random}`), so
 /// revoking the family revokes it too.
+///
+/// It expires `access_ttl` from now, or at the end of the session (login at
+/// `auth_time` plus `session_max`) if that comes first: no access token
+/// outlives its family's last refresh token, so a revocation of the family
+/// (kept as long as that) covers every one of them.
 async fn sign_access(
     key: &Arc<Key>,
     turn: &Turn,
@@ -390,16 +397,24 @@ async fn sign_access(
     account: &Account,
     family: &str,
     iat: u64,
+    auth_time: u64,
 ) -> Result<Minted, GatewayError> {
     let tokens = snap.config.tokens.clone();
     let account = account.clone();
     let jti = format!("{family}.{}", random_id());
+    let mut ttl = tokens.access_ttl;
+    if let Some(max) = tokens.session_max {
+        let left = auth_time
+            .saturating_add(max.as_secs())
+            .saturating_sub(now());
+        ttl = ttl.min(Duration::from_secs(left));
+    }
     signed(key, turn, move |key| {
         let grant = Grant {
             subject: &account.subject,
             roles: &account.roles,
             claims: &account.claims,
-            ttl: tokens.access_ttl,
+            ttl,
         };
         issue::sign_access(key, &tokens, &grant, jti, iat)
     })
@@ -521,15 +536,14 @@ fn family_lifetime(snap: &Snapshot) -> u64 {
 }
 
 /// RFC 6749 §5.1: the token response, never cached.
-fn token_pair(snap: &Snapshot, access: &Minted, refresh: &Minted) -> Response<Body> {
-    let t = &snap.config.tokens;
+fn token_pair(access: &Minted, refresh: &Minted) -> Response<Body> {
     let mut rsp = json_response(
         StatusCode::OK,
         &json!({
             "access_token": access.token,
             "refresh_token": refresh.token,
             "token_type": "Bearer",
-            "expires_in": t.access_ttl.as_secs(),
+            "expires_in": access.expires_in,
             "refresh_expires_in": refresh.expires_in,
         }),
     );
