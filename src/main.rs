@@ -17,6 +17,10 @@ use gatehouse::{auth, server, telemetry};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // rustls's crypto for every TLS client and server in the process (the
+    // listener, JWKS fetches, Redis over rediss://): aws-lc-rs, the crypto
+    // that verifies tokens.
+    let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
     // These two need no config.

@@ -442,9 +442,14 @@ upstream = "up"
     let no_url = redis_without_key.replace("url = \"redis://127.0.0.1:6379/0\"\n", "");
     let err = TestGateway::try_start(&no_url).await.err().unwrap();
     assert!(err.contains("needs `url"), "{err}");
-    let tls = redis_without_key.replace("redis://", "rediss://");
-    let err = TestGateway::try_start(&tls).await.err().unwrap();
-    assert!(err.contains("rediss"), "{err}");
+    let insecure = redis_without_key
+        .replace("/0\"", "/0#insecure\"")
+        .replace("redis://", "rediss://");
+    let err = TestGateway::try_start(&insecure).await.err().unwrap();
+    assert!(err.contains("#insecure"), "{err}");
+    let http = redis_without_key.replace("redis://", "http://");
+    let err = TestGateway::try_start(&http).await.err().unwrap();
+    assert!(err.contains("not a redis://"), "{err}");
 }
 
 #[tokio::test]
@@ -460,4 +465,85 @@ async fn no_redis_at_start_is_an_error_that_names_no_password() {
         .unwrap();
     assert!(err.contains("redis"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+/// The real binary on `rediss://`: Redis's certificate is checked against
+/// the system's roots, or `SSL_CERT_FILE`'s, as the JWKS fetch's is.
+#[tokio::test]
+async fn rediss_urls_check_the_servers_certificate() {
+    use support::process::Gatehouse;
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start().await;
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+    let serve = |dir: &std::path::Path| {
+        std::fs::write(dir.join("users.toml"), users_toml()).unwrap();
+        let no_dir = dir.join("no-roots");
+        std::fs::create_dir(&no_dir).unwrap();
+        no_dir
+    };
+    let with_ports = |listen, admin| {
+        config(up.addr, &redis.tls_url).replace(
+            "[server]\nadmin_listen = \"\"",
+            &format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\""),
+        )
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let no_dir = serve(dir.path());
+    let trusted = certs.join("a.cert.pem");
+    let env = [
+        ("SSL_CERT_FILE", trusted.to_str().unwrap()),
+        ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
+    ];
+    let gh = Gatehouse::start_with(dir.path(), &env, with_ports).await;
+    let creds = json!({ "username": "alice", "password": "pw" });
+    let pair = Pair::of(&post_json(&gh.url("/auth/login"), &[], &creds).await);
+    let bearer = format!("Bearer {}", pair.access);
+    let r = post_json(
+        &gh.url("/auth/logout"),
+        &[("authorization", &bearer)],
+        &json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", gh.log());
+    // It went to the server over TLS: the plain port sees it.
+    let plain = RedisStore::connect(&redis.url).await.unwrap();
+    let live = plain.live_revocations(now()).await.unwrap();
+    assert!(
+        live.iter().any(|r| matches!(r, Revocation::Family { .. })),
+        "{live:?}"
+    );
+
+    // Trusting another certificate only: the gateway does not start.
+    let dir = tempfile::tempdir().unwrap();
+    let no_dir = serve(dir.path());
+    let other = certs.join("b.cert.pem");
+    let env = [
+        ("SSL_CERT_FILE", other.to_str().unwrap()),
+        ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
+    ];
+    let (listen, admin) = (
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+    );
+    let path = write_config(dir.path(), &with_ports(listen, admin));
+    let mut gh = Gatehouse::spawn_with(&path, listen, admin, &env);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = gh.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still running:\n{}",
+            gh.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let log = gh.log();
+    assert!(
+        log.contains("connect to redis: invalid peer certificate"),
+        "{log}"
+    );
 }

@@ -142,13 +142,19 @@ fn state_backend(
                 );
                 return None;
             };
-            if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
-                let why = if url.starts_with("rediss://") {
-                    "TLS to Redis (rediss://) is not supported yet"
-                } else {
-                    "it is not a redis:// URL"
-                };
-                d.at(Some(&span), format!("[state] url: {why}"));
+            let schemes = ["redis://", "rediss://", "redis+unix://"];
+            if !schemes.iter().any(|s| url.starts_with(s)) {
+                d.at(
+                    Some(&span),
+                    "[state] url: it is not a redis://, rediss:// or redis+unix:// URL",
+                );
+                return None;
+            }
+            if url.starts_with("rediss://") && url.contains("#insecure") {
+                d.at(
+                    Some(&span),
+                    "[state] url: #insecure would skip the check of Redis's certificate",
+                );
                 return None;
             }
             if !keys.iter().any(|k| k.get_ref().sign) {

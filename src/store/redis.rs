@@ -1,4 +1,5 @@
-//! The shared [`Store`]: Redis (`[state] backend = "redis"`), for several
+//! The shared [`Store`]: Redis (`[state] backend = "redis"`; `redis://`,
+//! `rediss://` over TLS with the system's roots, or `redis+unix://`), for several
 //! gateway instances that must see one another's logins, rotations and
 //! revocations.
 //!

@@ -10,22 +10,39 @@ pub struct RedisServer {
     pub url: String,
     /// The same server on a Unix socket.
     pub unix_url: String,
+    /// The same server over TLS (`rediss://localhost:…`), with the test
+    /// certificate `tests/data/tls/a.cert.pem`.
+    pub tls_url: String,
     _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, tls_port) = (free(), free());
+        let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(dir.path().join("redis.sock"))
+            .args([
+                "--tls-port",
+                &tls_port.to_string(),
+                "--tls-auth-clients",
+                "no",
+            ])
+            .arg("--tls-cert-file")
+            .arg(certs.join("a.cert.pem"))
+            .arg("--tls-key-file")
+            .arg(certs.join("a.key.pem"))
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -51,6 +68,7 @@ impl RedisServer {
             child,
             url,
             unix_url,
+            tls_url: format!("rediss://localhost:{tls_port}/0"),
             _dir: dir,
         }
     }
