@@ -561,3 +561,20 @@ async fn futures_util_join<T>(tasks: impl Iterator<Item = tokio::task::JoinHandl
     }
     out
 }
+
+#[tokio::test]
+async fn a_request_waiting_for_a_fetch_across_a_reload_gets_its_key() {
+    let up = TestUpstream::start().await;
+    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
+    let idp = Idp::start(&[&k1]).await;
+    let gw = started(&up, &idp, "10m").await;
+    idp.slow(Duration::from_millis(800));
+    idp.publish(&[&k1, &k2]);
+    let (url, token) = (gw.url("/api"), k2.token("bob"));
+    let waiting = tokio::spawn(async move { get_with_token(&url, &token).await.status });
+    // The reload lands while the request's fetch is under way.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let snap = Snapshot::load(&gw.dir.path().join("gateway.toml")).unwrap();
+    gw.shared.store_snapshot(snap);
+    assert_eq!(waiting.await.unwrap(), 200);
+}

@@ -229,9 +229,9 @@ async fn watch(remote: Weak<RemoteKeys>, on_dropped: impl Fn() + Send + 'static)
             Ok(body) => jwk::parse(&body, r.algorithms.as_deref()),
             Err(why) => Err(why),
         };
+        // A fetch that finishes after a reload still serves the requests of
+        // the replaced snapshot that wait for it (the new one fetches too).
         let wait = match outcome {
-            // A fetch that finished after a reload leaves the keys to the new snapshot.
-            Ok(_) if r.retired.load(Ordering::Relaxed) => Duration::ZERO,
             Ok(parsed) => {
                 r.failures.store(0, Ordering::Relaxed);
                 if r.install(parsed) {
