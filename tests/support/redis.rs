@@ -19,14 +19,12 @@ pub struct RedisServer {
 impl RedisServer {
     pub async fn start() -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (port, tls_port) = (free(), free());
+        // Both held until both are known, so they differ.
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (a, b) = (bind(), bind());
+        let port_of = |l: &std::net::TcpListener| l.local_addr().unwrap().port();
+        let (port, tls_port) = (port_of(&a), port_of(&b));
+        drop((a, b));
         let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
