@@ -59,9 +59,9 @@ pub struct RemoteKeys {
     pub issuer: String,
     /// The issuer's `algorithms`.
     algorithms: Option<Box<[Algorithm]>>,
+    /// Empty until a fetch succeeds (here, or before a reload handed the
+    /// keys on): a fetch with no usable key is a failed one.
     keys: ArcSwap<Vec<Fetched>>,
-    /// A fetch has succeeded (here, or before a reload handed the keys on).
-    fetched: AtomicBool,
     /// Fetches started so far; a fetch is known by the count when it started.
     started: AtomicU64,
     /// The number of the last fetch that finished (either way).
@@ -83,7 +83,6 @@ impl RemoteKeys {
             issuer: issuer.to_string(),
             algorithms: algorithms.map(Into::into),
             keys: ArcSwap::from_pointee(Vec::new()),
-            fetched: AtomicBool::new(false),
             started: AtomicU64::new(0),
             done: watch::Sender::new(0),
             wake: Notify::new(),
@@ -100,7 +99,7 @@ impl RemoteKeys {
 
     /// Whether a fetch has succeeded: the issuer's keys are usable.
     pub fn is_fetched(&self) -> bool {
-        self.fetched.load(Ordering::Acquire)
+        !self.keys.load().is_empty()
     }
 
     /// Takes on the keys `old` fetched, when it fetched from the same URL
@@ -108,7 +107,6 @@ impl RemoteKeys {
     pub fn carry_from(&self, old: &RemoteKeys) {
         if old.spec.url == self.spec.url && old.algorithms == self.algorithms && old.is_fetched() {
             self.keys.store(old.keys.load_full());
-            self.fetched.store(true, Ordering::Release);
         }
     }
 
@@ -185,7 +183,7 @@ impl RemoteKeys {
         let old = self.keys.load_full();
         let dropped = old.iter().any(|o| !parsed.keys.iter().any(|n| n.same(o)));
         let added = parsed.keys.iter().any(|n| !old.iter().any(|o| n.same(o)));
-        if dropped || added || !self.is_fetched() {
+        if dropped || added {
             let kids: Vec<&str> = parsed.keys.iter().map(|f| &*f.key.id).collect();
             tracing::info!(issuer = %self.issuer, url = %self.spec.url, ?kids, "JWKS fetched");
             for why in &parsed.skipped {
@@ -193,7 +191,6 @@ impl RemoteKeys {
             }
         }
         self.keys.store(Arc::new(parsed.keys));
-        self.fetched.store(true, Ordering::Release);
         dropped
     }
 }
@@ -272,6 +269,7 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::keys::tests::test_keys;
 
     fn remote() -> RemoteKeys {
         let spec = JwksSpec {
@@ -292,7 +290,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn on_demand_fetches_are_one_per_cooldown_and_shared_while_under_way() {
         let r = remote();
-        r.fetched.store(true, Ordering::Release);
+        let jwk = test_keys().set.get("ES256").unwrap().jwk.clone().unwrap();
+        let set = serde_json::json!({ "keys": [jwk] }).to_string();
+        r.keys
+            .store(Arc::new(jwk::parse(set.as_bytes(), None).unwrap().keys));
+        assert!(r.is_fetched());
         // The first asks for fetch 1 and waits for it; the second, inside
         // the cooldown, waits for the same fetch; both see it finish.
         let (first, second) = (r.refetched(), r.refetched());

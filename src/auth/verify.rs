@@ -244,16 +244,21 @@ impl Verifier {
         let (_, payload, _) = segments(token)?;
         let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
         let claims = Claims::parse(&json).ok()?;
+        self.issuer_of(&claims).ok()?.remote.as_deref()
+    }
+
+    /// The issuer `claims` name by `iss` (read before verification only to
+    /// choose the keys).
+    fn issuer_of(&self, claims: &Claims<'_>) -> Result<&Issuer, Rejected> {
         let iss = match claims.str("iss") {
             None => None,
             Some(Ok(s)) => Some(s),
-            Some(Err(())) => return None,
+            Some(Err(())) => return Err(Rejected("wrong issuer")),
         };
-        let issuer = self
-            .issuers
+        self.issuers
             .iter()
-            .find(|i| i.iss.as_deref() == iss.as_deref())?;
-        issuer.remote.as_deref()
+            .find(|i| i.iss.as_deref() == iss.as_deref())
+            .ok_or(Rejected("unknown issuer"))
     }
 
     /// Verifies `token` completely (no cache).
@@ -338,16 +343,7 @@ impl Verifier {
             .map_err(|_| malformed)?;
         let json: &'j [u8] = json;
         let claims = Claims::parse(json).map_err(|_| malformed)?;
-        let iss = match claims.str("iss") {
-            None => None,
-            Some(Ok(s)) => Some(s),
-            Some(Err(())) => return Err(Rejected("wrong issuer")),
-        };
-        let issuer = self
-            .issuers
-            .iter()
-            .find(|i| i.iss.as_deref() == iss.as_deref())
-            .ok_or(Rejected("unknown issuer"))?;
+        let issuer = self.issuer_of(&claims)?;
         let fetched = issuer.remote.as_ref().map(|r| r.keys());
         let fetched = fetched.as_deref().map_or(&[][..], |f| &f[..]);
         let keys = issuer.keys.iter().chain(fetched.iter().map(|f| &f.key));
@@ -372,19 +368,15 @@ impl Verifier {
             // a few, so that a forged token costs a few checks, not one per
             // key a provider publishes.
             None => {
-                let mut tried = false;
-                let candidates = keys.filter(|k| k.algorithm == header.alg);
-                let ok = candidates.take(MAX_KIDLESS_KEYS).any(|k| {
-                    if !tried {
-                        checked();
-                        tried = true;
-                    }
-                    k.verifying.verify(signed.as_bytes(), signature)
-                });
-                if !tried {
+                let mut candidates = keys
+                    .filter(|k| k.algorithm == header.alg)
+                    .take(MAX_KIDLESS_KEYS)
+                    .peekable();
+                if candidates.peek().is_none() {
                     return Err(issuer.missing(Rejected("algorithm not allowed"), header.alg));
                 }
-                ok
+                checked();
+                candidates.any(|k| k.verifying.verify(signed.as_bytes(), signature))
             }
         };
         if ok {

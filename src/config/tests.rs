@@ -209,3 +209,11 @@ fn session_max_is_a_second_or_more() {
         assert!(errs.iter().any(|e| e.contains("at least 1s")), "{errs:?}");
     }
 }
+
+#[test]
+fn state_backends_are_embedded_or_redis() {
+    let errs = check(&format!("[state]\nbackend = \"memcached\"\n{UPSTREAM}")).unwrap_err();
+    assert!(errs.iter().any(|e| e.contains("not one of")), "{errs:?}");
+    let c = check(UPSTREAM).unwrap();
+    assert!(c.state.redis_url.is_none());
+}

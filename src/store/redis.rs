@@ -20,7 +20,7 @@
 //! a Redis crash is the server's persistence setting (`appendonly yes` with
 //! `appendfsync always` for the embedded backend's guarantee).
 
-use std::sync::OnceLock;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -121,29 +121,10 @@ return till
 
 /// The scripts, each hashed once (the client sends `EVALSHA`, and the
 /// script itself only when Redis does not know it yet).
-fn script(cell: &'static OnceLock<Script>, source: &str) -> &'static Script {
-    cell.get_or_init(|| Script::new(source))
-}
-
-fn insert_family_script() -> &'static Script {
-    static S: OnceLock<Script> = OnceLock::new();
-    script(&S, INSERT_FAMILY)
-}
-
-fn rotate_script() -> &'static Script {
-    static S: OnceLock<Script> = OnceLock::new();
-    script(&S, ROTATE)
-}
-
-fn revoke_script() -> &'static Script {
-    static S: OnceLock<Script> = OnceLock::new();
-    script(&S, REVOKE)
-}
-
-fn revoke_subject_script() -> &'static Script {
-    static S: OnceLock<Script> = OnceLock::new();
-    script(&S, REVOKE_SUBJECT)
-}
+static INSERT_FAMILY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INSERT_FAMILY));
+static ROTATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ROTATE));
+static REVOKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REVOKE));
+static REVOKE_SUBJECT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REVOKE_SUBJECT));
 
 /// A Redis-backed store. Cloning shares the connection.
 #[derive(Clone)]
@@ -183,6 +164,24 @@ impl RedisStore {
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
+
+    /// Revokes a `jti` or a family (`kind`), marking the family's record.
+    async fn revoke(&self, kind: &'static str, id: &str, until: u64) -> Result<(), StoreError> {
+        let mut call = REVOKE_SCRIPT.key(key(&format!("rev:{kind}"), id));
+        call.key(stream());
+        if kind == "fam" {
+            call.key(key("fam", id));
+        }
+        let _: u64 = call
+            .arg(until.min(LATEST))
+            .arg(kind)
+            .arg(id)
+            .arg(STREAM_LEN)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(fail("revoke"))?;
+        Ok(())
+    }
 }
 
 fn key(kind: &str, id: &str) -> String {
@@ -213,7 +212,7 @@ impl Store for RedisStore {
         let family = family.clone();
         Box::pin(async move {
             let data = serde_json::to_string(&data).map_err(fail("encode family"))?;
-            let created: i64 = insert_family_script()
+            let created: i64 = INSERT_FAMILY_SCRIPT
                 .key(key("fam", &family.id))
                 .arg(&family.subject)
                 .arg(data)
@@ -233,7 +232,7 @@ impl Store for RedisStore {
 
     fn rotate<'a>(&'a self, req: RotateRequest<'a>) -> StoreFuture<'a, Rotation> {
         Box::pin(async move {
-            let answer: Vec<Value> = rotate_script()
+            let answer: Vec<Value> = ROTATE_SCRIPT
                 .key(key("fam", req.family))
                 .key(key("rev:fam", req.family))
                 .key(stream())
@@ -275,36 +274,11 @@ impl Store for RedisStore {
     }
 
     fn revoke_family<'a>(&'a self, family: &'a str, until: u64) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let _: u64 = revoke_script()
-                .key(key("rev:fam", family))
-                .key(stream())
-                .key(key("fam", family))
-                .arg(until.min(LATEST))
-                .arg("fam")
-                .arg(family)
-                .arg(STREAM_LEN)
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(fail("revoke family"))?;
-            Ok(())
-        })
+        Box::pin(self.revoke("fam", family, until))
     }
 
     fn revoke_jti<'a>(&'a self, jti: &'a str, until: u64) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let _: u64 = revoke_script()
-                .key(key("rev:jti", jti))
-                .key(stream())
-                .arg(until.min(LATEST))
-                .arg("jti")
-                .arg(jti)
-                .arg(STREAM_LEN)
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(fail("revoke jti"))?;
-            Ok(())
-        })
+        Box::pin(self.revoke("jti", jti, until))
     }
 
     fn revoke_subject<'a>(
@@ -314,7 +288,7 @@ impl Store for RedisStore {
         until: u64,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let _: u64 = revoke_subject_script()
+            let _: u64 = REVOKE_SUBJECT_SCRIPT
                 .key(key("rev:sub", subject))
                 .key(stream())
                 .arg(cutoff)
@@ -425,8 +399,13 @@ impl Store for RedisStore {
 }
 
 /// A family from its hash fields (`id` is the key's).
+/// The value of `name` among a hash's or a stream entry's fields.
+fn field<'f>(fields: &'f [(String, String)], name: &str) -> Option<&'f String> {
+    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
 fn family_from(id: &str, fields: &[(String, String)]) -> Result<Family, StoreError> {
-    let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let get = |name: &str| field(fields, name);
     let bad = || StoreError(format!("family {id}: malformed record in redis"));
     let number = |name: &str| {
         get(name)
@@ -466,12 +445,7 @@ fn revocation_of_key(key: &str, value: &str) -> Option<Revocation> {
 
 /// The revocation a stream entry records.
 fn revocation_of_entry(fields: &[(String, String)]) -> Option<Revocation> {
-    let get = |name: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |name: &str| field(fields, name).map(String::as_str);
     let kind = get("kind")?;
     let value = match kind {
         "sub" => format!("{} {}", get("cutoff")?, get("until")?),
