@@ -12,10 +12,13 @@ mod validate;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method};
 use jsonwebtoken::Algorithm;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 pub use diag::{Diag, Loc};
 pub use raw::{AuthMode, LogFormat};
@@ -188,8 +191,11 @@ pub struct LoginConfig {
 pub enum Credentials {
     /// A `users.toml` (read, with every hash checked, when the snapshot is built).
     UsersFile(PathBuf),
-    /// An existing API that answers for the credentials (`http://` only).
-    VerifyUrl(http::Uri),
+    /// An existing API that answers for the credentials, and how to reach it.
+    VerifyUrl {
+        uri: http::Uri,
+        dial: crate::proxy::pool::Dial,
+    },
 }
 
 #[derive(Debug)]
@@ -211,6 +217,9 @@ pub struct UpstreamSpec {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub health_check: Option<HealthCheck>,
+    /// How `https://` targets are checked: the system's roots, or `ca_file`'s
+    /// certificates. `None` when no target is `https://`.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 /// An upstream's active health check: `GET path` on each target every
@@ -226,8 +235,12 @@ pub struct HealthCheck {
 pub enum Target {
     /// `builtin:echo`: answered in-process with a JSON echo of the request.
     Echo,
-    /// `http://host:port`.
-    Http { authority: http::uri::Authority },
+    /// `http://host:port`, or `https://host:port` with `tls` the name the
+    /// target's certificate must carry (its host).
+    Http {
+        authority: http::uri::Authority,
+        tls: Option<ServerName<'static>>,
+    },
 }
 
 #[derive(Debug)]

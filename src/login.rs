@@ -9,25 +9,27 @@ pub mod ratelimit;
 mod users;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
+use crate::body;
 use crate::config::{ConfigErrors, Credentials, LoginConfig};
+use crate::proxy::forward;
+use crate::proxy::pool::{Pool, Pooled};
 use ratelimit::LoginLimits;
 pub use users::{PasswordHash, User, Users};
 
 /// How long a login may wait for a password-hashing slot, or for
 /// `verify_url` to answer, before the client gets a 503.
 const WAIT: Duration = Duration::from_secs(10);
+
+/// How long a new connection to `verify_url` (and its TLS handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest `verify_url` answer read.
 const MAX_VERIFY_BODY: usize = 64 * 1024;
@@ -85,8 +87,10 @@ enum Source {
         floor: Duration,
     },
     Remote {
-        uri: http::Uri,
-        client: Box<Client<HttpConnector, Full<Bytes>>>,
+        /// Where to POST: the URL's path and query, and its authority (`Host`).
+        path: http::uri::PathAndQuery,
+        /// Keep-alive connections to it, as an upstream target's.
+        pool: Arc<Pool>,
     },
 }
 
@@ -117,15 +121,13 @@ impl Login {
                     floor,
                 }
             }
-            Credentials::VerifyUrl(uri) => {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(Duration::from_secs(2)));
-                connector.set_nodelay(true);
-                Source::Remote {
-                    uri: uri.clone(),
-                    client: Box::new(Client::builder(TokioExecutor::new()).build(connector)),
-                }
-            }
+            Credentials::VerifyUrl { uri, dial } => Source::Remote {
+                path: uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                pool: Arc::new(Pool::new(dial.clone())),
+            },
         };
         Ok(Login {
             source,
@@ -198,11 +200,11 @@ impl Login {
                     Err(outcome) => outcome,
                 }
             }
-            Source::Remote { uri, client } => {
+            Source::Remote { path, pool } => {
                 if let Err(r) = self.limits.check_user(username) {
                     return Outcome::Limited(r);
                 }
-                remote(client, uri, username, password).await
+                remote(pool, path, username, password).await
             }
         };
         if outcome == Outcome::Invalid {
@@ -280,21 +282,24 @@ const MAX_COST_CLASSES: usize = 8;
 /// POSTs the credentials to `verify_url`: 200 with an account is a valid
 /// login, 401/403 an invalid one, anything else (or no answer) unavailable.
 async fn remote(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    uri: &http::Uri,
+    pool: &Arc<Pool>,
+    path: &http::uri::PathAndQuery,
     username: &str,
     password: &str,
 ) -> Outcome {
     let body = serde_json::json!({ "username": username, "password": password }).to_string();
-    let req = Request::post(uri.clone())
+    let req = Request::post(path.as_str())
+        .header(header::HOST, pool.dial().authority().as_str())
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::ACCEPT, "application/json")
-        .body(Full::new(Bytes::from(body)));
+        .body(body::full(body));
     let Ok(req) = req else {
         return Outcome::Unavailable;
     };
-    let rsp = match tokio::time::timeout(WAIT, client.request(req)).await {
-        Ok(Ok(rsp)) => rsp,
+    let sent = forward::send(req, pool, CONNECT_TIMEOUT, Instant::now());
+    let rsp = match tokio::time::timeout(WAIT, sent).await {
+        // Its connection goes back to the pool once the answer is read.
+        Ok(Ok((rsp, sender))) => rsp.map(|b| Pooled::new(b, sender, Arc::clone(pool))),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "verify_url unreachable");
             return Outcome::Unavailable;

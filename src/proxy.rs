@@ -7,7 +7,7 @@ pub mod forward;
 pub mod headers;
 mod health;
 pub(crate) mod path;
-mod pool;
+pub mod pool;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -143,8 +143,8 @@ async fn handle_inner<'s>(
     rewrite_headers(&mut req, host, seen, snap, peer, caller, upgrade);
 
     let upstream = &snap.upstreams[route.upstream];
-    let (index, target) = upstream.pick();
-    let Some(authority) = forward::authority(target) else {
+    let (index, _) = upstream.pick();
+    let Some(pool) = upstream.pool(index) else {
         return Ok(echo::respond(&req, &route.upstream_path(req.uri().path())));
     };
     let path_and_query = upstream_path_and_query(route, req.uri())?;
@@ -169,7 +169,7 @@ async fn handle_inner<'s>(
         req,
         upstream,
         index,
-        authority,
+        pool,
         path_and_query,
         upgrade,
         timer,

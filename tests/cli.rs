@@ -235,24 +235,6 @@ async fn check_on_a_missing_file_exits_1() {
 
 // === serve ===
 
-/// Polls `probe` every 50 ms until it holds or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if probe().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A config in front of `up` on `listen` and `admin`, with `routes`.
 /// A gatehouse serving `ROUTES` in front of a test upstream, with
 /// `server_extra` added to its `[server]` table.

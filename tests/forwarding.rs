@@ -669,6 +669,44 @@ async fn a_websocket_upgrade_passes_through_after_auth() {
     assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
 }
 
+/// An upgrade to an `https://` target: the tunnel runs over the TLS
+/// connection to the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_reaches_an_https_target() {
+    let up = UpgradeUpstream::start().await;
+    let tls = tls_front(up.addr, "a").await;
+    let ca = tls_dir().join("a.cert.pem");
+    let config = config_with(
+        up.addr,
+        "[[routes]]\npath_prefix = \"/ws/\"\nupstream = \"up\"\n",
+    )
+    .replace(
+        &format!("targets = [\"http://{}\"]", up.addr),
+        &format!(
+            "targets = [\"https://localhost:{}\"]\nca_file = \"{}\"",
+            tls.port(),
+            ca.display()
+        ),
+    );
+    let gw = TestGateway::start(&config).await;
+    let auth = bearer(&hs_token(&claims("alice")));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(websocket_request(gw.addr, Some(&auth)).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let msg = b"over TLS both ways";
+    s.write_all(msg).await.unwrap();
+    let mut back = vec![0; msg.len()];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+        .await
+        .expect("echo within 10 s")
+        .unwrap();
+    assert_eq!(back, msg);
+    assert_eq!(up.heads()[0]["x-auth-subject"], "alice");
+}
+
 #[tokio::test]
 async fn a_websocket_upgrade_without_a_token_is_401_and_never_reaches_the_upstream() {
     let up = UpgradeUpstream::start().await;

@@ -4,7 +4,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -156,18 +155,6 @@ upstream = "up"
 "#
         ),
     )
-}
-
-/// Polls `check` every 50 ms for up to `limit`; whether it came true.
-async fn eventually<F: Future<Output = bool>>(limit: Duration, check: impl Fn() -> F) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 async fn started(up: &TestUpstream, idp: &Idp, refresh: &str) -> TestGateway {
@@ -380,8 +367,8 @@ async fn readyz_waits_for_the_keys_and_https_urls_are_verified() {
     let up = TestUpstream::start().await;
     let k1 = IdpKey::new("k1");
     let idp = Idp::start(&[&k1]).await;
-    let tls_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
-    let https = serve_tls(&tls_dir, Arc::new(idp.clone())).await;
+    let tls_dir = tls_dir();
+    let https = serve_tls(Arc::new(idp.clone())).await;
     let https_url = format!("https://localhost:{}/.well-known/jwks.json", https.port());
 
     idp.answer(500);
@@ -442,51 +429,11 @@ async fn readyz_waits_for_the_keys_and_https_urls_are_verified() {
     assert!(!log.contains(&k1.token("alice")[..40]));
 }
 
-/// Serves `idp`'s JWK Set over TLS with the test certificate in `dir`
-/// (`a.cert.pem`: localhost and 127.0.0.1).
-async fn serve_tls(dir: &Path, idp: Arc<Idp>) -> std::net::SocketAddr {
-    use tokio_rustls::TlsAcceptor;
-    use tokio_rustls::rustls::ServerConfig;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let certs = CertificateDer::pem_file_iter(dir.join("a.cert.pem"))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(dir.join("a.key.pem")).unwrap();
-    let provider = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider();
-    let config = ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let plain: std::net::SocketAddr = idp.url["http://".len()..]
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // TLS in front of the plain endpoint: decrypt, then relay.
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut inner) = tokio::net::TcpStream::connect(plain).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut inner).await;
-            });
-        }
-    });
-    addr
+/// Serves `idp`'s JWK Set over TLS with the test certificate `a`
+/// (localhost and 127.0.0.1).
+async fn serve_tls(idp: Arc<Idp>) -> std::net::SocketAddr {
+    let plain = idp.url["http://".len()..].split('/').next().unwrap();
+    tls_front(plain.parse().unwrap(), "a").await
 }
 
 #[tokio::test]

@@ -137,3 +137,56 @@ async fn refresh_works_for_verify_url_sessions() {
     // The credentials API was asked once: at login, not at refresh.
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+/// An `https://` verify_url: the credentials API's certificate is checked
+/// against the system's roots (`SSL_CERT_FILE` here, as a machine's CA
+/// bundle would be), through the real binary. An untrusted one is a 503
+/// and the credentials are never sent.
+#[tokio::test]
+async fn an_https_verify_url_is_checked_against_the_systems_roots() {
+    let up = TestUpstream::start().await;
+    let (api, seen) = credentials_api().await;
+    let tls = tls_front(api, "a").await;
+    let url = format!("https://localhost:{}/verify", tls.port());
+    for (trusted, status) in [("a", 200), ("b", 503)] {
+        let dir = tempfile::tempdir().unwrap();
+        let no_dir = dir.path().join("no-roots");
+        std::fs::create_dir(&no_dir).unwrap();
+        let cert = tls_dir().join(format!("{trusted}.cert.pem"));
+        let env = [
+            ("SSL_CERT_FILE", cert.to_str().unwrap()),
+            ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
+        ];
+        let gh = support::process::Gatehouse::start_with(dir.path(), &env, |listen, admin| {
+            // A route that leaves the readiness probe's path a 404.
+            config(up.addr, &url)
+                .replace(
+                    "[server]\nadmin_listen = \"\"",
+                    &format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\""),
+                )
+                .replace("path_prefix = \"/\"", "path_prefix = \"/api/\"")
+        })
+        .await;
+        let creds = json!({ "username": "alice", "password": "pw" });
+        let r = post_json(&gh.url("/auth/login"), &[], &creds).await;
+        assert_eq!(
+            r.status.as_u16(),
+            status,
+            "trusting {trusted}: {}",
+            gh.log()
+        );
+        if status == 503 {
+            assert!(
+                gh.log().contains("invalid peer certificate"),
+                "{}",
+                gh.log()
+            );
+            assert!(!gh.log().contains("\"pw\""), "{}", gh.log());
+        }
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the trusting gateway sent them"
+    );
+}

@@ -225,6 +225,8 @@ pub struct RawUpstream {
     #[serde(default = "default_upstream_timeout")]
     pub timeout: Dur,
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// PEM certificates trusted for `https://` targets instead of the system's.
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// `health_check = { path = "/healthz", interval = "5s" }`.

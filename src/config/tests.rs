@@ -142,7 +142,10 @@ fn health_checks_parse_with_a_default_interval_and_refuse_bad_values() {
     // Only builtin:echo: nothing to probe.
     let errs = check(&echo_with(r#"{ path = "/h" }"#)).unwrap_err();
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].contains("needs an http:// target"), "{errs:?}");
+    assert!(
+        errs[0].contains("needs an http:// or https:// target"),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -216,4 +219,85 @@ fn state_backends_are_embedded_or_redis() {
     assert!(errs.iter().any(|e| e.contains("not one of")), "{errs:?}");
     let c = check(UPSTREAM).unwrap();
     assert!(c.state.redis_url.is_none());
+}
+
+#[test]
+fn https_targets_take_a_ca_file_or_the_system_roots() {
+    let tls_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+    let upstream = |targets: &str, extra: &str| {
+        format!(
+            "[[upstreams]]\nname = \"api\"\ntargets = [{targets}]\n{extra}\n\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\nauth = \"none\"\n"
+        )
+    };
+    let ca = format!("ca_file = \"{}\"", tls_dir.join("a.cert.pem").display());
+    let c = check(&upstream(
+        "\"https://localhost:8443\", \"https://[::1]\", \"http://127.0.0.1:9000\"",
+        &ca,
+    ))
+    .unwrap();
+    let u = &c.upstreams[0];
+    assert!(u.tls.is_some());
+    let names: Vec<Option<String>> = u
+        .targets
+        .iter()
+        .map(|t| match t {
+            Target::Http { tls, .. } => tls.as_ref().map(|n| n.to_str().into_owned()),
+            Target::Echo => None,
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [Some("localhost".to_string()), Some("::1".to_string()), None]
+    );
+    // Plain targets only: no TLS settings at all.
+    let c = check(&upstream("\"http://127.0.0.1:9000\"", "")).unwrap();
+    assert!(c.upstreams[0].tls.is_none());
+
+    for (targets, extra, message) in [
+        (
+            "\"http://127.0.0.1:9000\"",
+            ca.as_str(),
+            "ca_file needs an https:// target",
+        ),
+        (
+            "\"https://localhost\"",
+            "ca_file = \"no-such.pem\"",
+            "cannot read",
+        ),
+        (
+            "\"https://localhost\"",
+            &format!("ca_file = \"{}\"", tls_dir.join("a.key.pem").display()),
+            "ca_file: no CERTIFICATE",
+        ),
+        (
+            "\"ftp://localhost\"",
+            "",
+            "must start with http:// or https://",
+        ),
+    ] {
+        let errs = check(&upstream(targets, extra)).unwrap_err();
+        assert_eq!(errs.len(), 1, "{targets} {extra}: {errs:?}");
+        assert!(errs[0].contains(message), "{targets} {extra}: {errs:?}");
+    }
+}
+
+#[test]
+fn verify_url_may_be_https() {
+    let login = |url: &str| format!("[login]\nverify_url = \"{url}\"\n{UPSTREAM}");
+    let c = check(&login("https://127.0.0.1:9000/verify")).unwrap();
+    let Some(LoginConfig {
+        credentials: Credentials::VerifyUrl { uri, dial },
+        ..
+    }) = &c.login
+    else {
+        panic!("verify_url: {:?}", c.login);
+    };
+    assert_eq!(uri.path(), "/verify");
+    assert!(format!("{dial:?}").contains("tls: true"), "{dial:?}");
+    let errs = check(&login("ftp://127.0.0.1/verify")).unwrap_err();
+    assert!(
+        errs[0].contains("not an http:// or https:// URL"),
+        "{errs:?}"
+    );
 }

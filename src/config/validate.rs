@@ -14,6 +14,7 @@ use super::raw::{
 };
 use super::units::Dur;
 use super::*;
+use crate::client_tls;
 
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
 const MIN_SECRET_BYTES: usize = 32;
@@ -34,7 +35,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
     let server = server(&raw.server, path, &mut d);
     let keys = keys(&raw.keys, path, &mut d);
     let issuers = issuers(&raw, &keys, &mut d);
-    let upstreams = upstreams(&raw.upstreams, &mut d);
+    let upstreams = upstreams(&raw.upstreams, path, &mut d);
     let routes = routes(&raw.routes, &raw.upstreams, &mut d);
     let identity = identity(&raw.identity, &mut d);
     let login = raw.login.as_ref().and_then(|l| login(l, path, &mut d));
@@ -90,7 +91,7 @@ fn login(raw: &Spanned<RawLogin>, path: &Path, d: &mut Diags<'_>) -> Option<Logi
             path,
             file.get_ref(),
         ))),
-        (None, Some(url)) => verify_url(url, d).map(Credentials::VerifyUrl),
+        (None, Some(url)) => verify_url(url, d),
         (Some(_), Some(url)) => {
             d.at(
                 Some(&url.span()),
@@ -176,18 +177,22 @@ fn state_backend(
     }
 }
 
-fn verify_url(url: &Spanned<String>, d: &mut Diags<'_>) -> Option<http::Uri> {
+fn verify_url(url: &Spanned<String>, d: &mut Diags<'_>) -> Option<Credentials> {
     let s = url.get_ref();
     let why = match s.parse::<http::Uri>() {
-        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
+        {
             if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-                "must not carry credentials"
+                "must not carry credentials".to_string()
             } else {
-                return Some(uri);
+                match crate::proxy::pool::Dial::for_url(&uri) {
+                    Ok(dial) => return Some(Credentials::VerifyUrl { uri, dial }),
+                    Err(e) => e,
+                }
             }
         }
-        Ok(uri) if uri.scheme_str() == Some("https") => "uses https, which is not supported yet",
-        _ => "is not an http:// URL",
+        _ => "is not an http:// or https:// URL".to_string(),
     };
     d.at(Some(&url.span()), format!("verify_url `{s}` {why}"));
     None
@@ -534,7 +539,7 @@ fn jwks(
     Some(JwksSpec { url: uri, refresh })
 }
 
-fn upstreams(raw: &[Spanned<RawUpstream>], d: &mut Diags<'_>) -> Vec<UpstreamSpec> {
+fn upstreams(raw: &[Spanned<RawUpstream>], path: &Path, d: &mut Diags<'_>) -> Vec<UpstreamSpec> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for u in raw {
@@ -552,29 +557,53 @@ fn upstreams(raw: &[Spanned<RawUpstream>], d: &mut Diags<'_>) -> Vec<UpstreamSpe
             );
         }
         let health_check = u.health_check.as_ref().and_then(|hc| health_check(hc, d));
-        let probed = u
-            .targets
-            .get_ref()
-            .iter()
-            .any(|t| t.get_ref().starts_with("http://"));
-        if let (Some(hc), false) = (&u.health_check, probed) {
-            d.at(
-                Some(&hc.span()),
-                "health_check needs an http:// target to probe (builtin:echo is never probed)",
-            );
-        }
-        let targets = u
+        let targets: Vec<Target> = u
             .targets
             .get_ref()
             .iter()
             .filter_map(|t| target(t, d))
             .collect();
+        let probed = u
+            .targets
+            .get_ref()
+            .iter()
+            .any(|t| t.get_ref() != "builtin:echo");
+        if let (Some(hc), false) = (&u.health_check, probed) {
+            d.at(
+                Some(&hc.span()),
+                "health_check needs an http:// or https:// target to probe (builtin:echo is never probed)",
+            );
+        }
+        let https = targets
+            .iter()
+            .any(|t| matches!(t, Target::Http { tls: Some(_), .. }));
+        let tls = match (&u.ca_file, https) {
+            (Some(ca), false) => {
+                d.at(Some(&ca.span()), "ca_file needs an https:// target");
+                None
+            }
+            (Some(ca), true) => read_file(ca, path, d).and_then(|pem| {
+                client_tls::roots_from_pem(&pem)
+                    .map_err(|e| d.at(Some(&ca.span()), format!("ca_file: {e}")))
+                    .ok()
+            }),
+            (None, true) => client_tls::system_roots()
+                .map_err(|e| {
+                    d.at(
+                        Some(&u.targets.span()),
+                        format!("https:// targets: {e}, or give the upstream a ca_file"),
+                    )
+                })
+                .ok(),
+            (None, false) => None,
+        };
         out.push(UpstreamSpec {
             name: u.name.get_ref().clone(),
             targets,
             connect_timeout: u.connect_timeout.0,
             timeout: u.timeout.0,
             health_check,
+            tls: tls.map(client_tls::config),
         });
     }
     out
@@ -630,11 +659,11 @@ fn target(t: &Spanned<String>, d: &mut Diags<'_>) -> Option<Target> {
     let Ok(uri) = s.parse::<http::Uri>() else {
         return bad(d, "is not a URL");
     };
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return bad(d, "uses https, which is not supported yet"),
-        _ => return bad(d, "must start with http://"),
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return bad(d, "must start with http:// or https://"),
+    };
     let Some(authority) = uri.authority().cloned() else {
         return bad(d, "has no host");
     };
@@ -644,7 +673,15 @@ fn target(t: &Spanned<String>, d: &mut Diags<'_>) -> Option<Target> {
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return bad(d, "must not have a path or query");
     }
-    Some(Target::Http { authority })
+    let tls = if https {
+        match crate::proxy::pool::server_name(&authority) {
+            Ok(name) => Some(name),
+            Err(_) => return bad(d, "has a host TLS cannot check a certificate against"),
+        }
+    } else {
+        None
+    };
+    Some(Target::Http { authority, tls })
 }
 
 fn routes(

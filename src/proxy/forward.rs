@@ -17,7 +17,6 @@ use super::headers::strip_hop_by_hop;
 use super::pool::{ConnectError, Pool, Pooled};
 use super::upstream::Upstream;
 use crate::body::{self, Body, BodyState};
-use crate::config::Target;
 use crate::error::GatewayError;
 use crate::timer::SleepSlot;
 
@@ -46,12 +45,13 @@ pub async fn forward(
     mut req: Request<Body>,
     upstream: &Upstream,
     target_index: usize,
-    authority: &http::uri::Authority,
+    pool: &Arc<Pool>,
     path_and_query: PathAndQuery,
     downstream_upgrade: Option<Upgrade>,
     timer: &Arc<SleepSlot>,
     client_body: Option<&BodyState>,
 ) -> Result<Response<Body>, GatewayError> {
+    let authority = pool.dial().authority();
     // HTTP/1.1 upstreams get the origin form and a Host.
     *req.uri_mut() = Uri::from(path_and_query);
     if !req.headers().contains_key(header::HOST) {
@@ -62,13 +62,12 @@ pub async fn forward(
     }
     *req.version_mut() = http::Version::HTTP_11;
 
-    let pool = upstream.pool(target_index);
     // Read once: the exchange's deadline, and the idle ages at checkout.
     let began = tokio::time::Instant::now();
     let sent = timer
         .within(
             began + upstream.timeout,
-            send(req, pool, upstream, authority, began.into_std()),
+            send(req, pool, upstream.connect_timeout, began.into_std()),
         )
         .await;
     let (mut rsp, sender) = match sent {
@@ -143,7 +142,7 @@ fn client_body_failed(e: &hyper::Error) -> Option<GatewayError> {
 
 /// Why an exchange with the upstream failed.
 #[derive(Debug)]
-enum Failed {
+pub(crate) enum Failed {
     Connect(ConnectError),
     Exchange(hyper::Error),
 }
@@ -160,15 +159,14 @@ impl std::fmt::Display for Failed {
 /// Sends `req` on a pooled connection, or a new one. A reused connection
 /// that the upstream closed before taking the request (the keep-alive race)
 /// gets the request retried once on a new connection.
-async fn send(
+pub(crate) async fn send(
     req: Request<Body>,
     pool: &Pool,
-    upstream: &Upstream,
-    authority: &http::uri::Authority,
+    connect_timeout: std::time::Duration,
     began: std::time::Instant,
 ) -> Result<(Response<Incoming>, SendRequest<Body>), Failed> {
     let (mut sender, reused) = pool
-        .get(authority, upstream.connect_timeout, began)
+        .get(connect_timeout, began)
         .await
         .map_err(Failed::Connect)?;
     let mut err = match sender.try_send_request(req).await {
@@ -180,7 +178,9 @@ async fn send(
         // request's future (see `timer::SleepSlot::within`).
         Some(req) if reused => {
             Box::pin(async move {
-                let mut sender = Pool::connect(authority, upstream.connect_timeout)
+                let mut sender = pool
+                    .dial()
+                    .connect(connect_timeout)
                     .await
                     .map_err(Failed::Connect)?;
                 match sender.send_request(req).await {
@@ -208,13 +208,5 @@ async fn join_upgraded(down: Upgrade, up: hyper::upgrade::OnUpgrade) {
     let mut up = TokioIo::new(up);
     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         tracing::debug!(error = %e, "upgraded connection ended");
-    }
-}
-
-/// Where a target sends: `None` for the in-process echo.
-pub fn authority(t: &Target) -> Option<&http::uri::Authority> {
-    match t {
-        Target::Echo => None,
-        Target::Http { authority } => Some(authority),
     }
 }

@@ -1,11 +1,12 @@
 //! Active health checks: `[[upstreams]] health_check = { path, interval }`.
 //!
 //! Each HTTP target of such an upstream is probed with `GET path` every
-//! `interval`, on a connection of its own (`Connection: close`; the
+//! `interval`, on a connection of its own (over TLS for an `https://`
+//! target, checked as its requests are; `Connection: close`; the
 //! keep-alive pool is left alone). A probe passes on a 2xx or 3xx answer
 //! within the interval (and the upstream's `timeout`, if shorter); a
-//! refused or timed-out connection, another status, or no answer in time
-//! fails it. As HAProxy's defaults (`fall 3`, `rise 2`): a target is taken
+//! refused or timed-out connection, a failed TLS handshake, another
+//! status, or no answer in time fails it. As HAProxy's defaults (`fall 3`, `rise 2`): a target is taken
 //! out of the round-robin after [`FALL`] failed probes in a row, and put
 //! back after [`RISE`] passed ones. Targets start in, so a start does not
 //! wait for probes; passive ejection (a refused connection) still applies
@@ -22,11 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use http::uri::Authority;
 use http::{Request, StatusCode, header};
 use tokio::time::MissedTickBehavior;
 
-use super::pool::Pool;
+use super::pool::Dial;
 use crate::body;
 use crate::config::HealthCheck;
 
@@ -74,7 +74,7 @@ impl Down {
 /// What a probe task needs to know about its target.
 pub struct Probe {
     pub upstream: String,
-    pub authority: Authority,
+    pub dial: Dial,
     pub check: HealthCheck,
     pub connect_timeout: Duration,
     /// A probe's answer must come within this (and within `interval`).
@@ -111,11 +111,11 @@ async fn watch(probe: Probe, id: u64, down: Weak<Down>) {
         match streak.record(outcome.is_ok(), down.is_down()) {
             Some(true) if down.record(id, true) => {
                 let why = outcome.err().unwrap_or_default();
-                tracing::warn!(upstream = %probe.upstream, target = %probe.authority, %why,
+                tracing::warn!(upstream = %probe.upstream, target = %probe.dial.authority(), %why,
                     "health check failed {FALL} times: target taken out");
             }
             Some(false) if down.record(id, false) => {
-                tracing::info!(upstream = %probe.upstream, target = %probe.authority,
+                tracing::info!(upstream = %probe.upstream, target = %probe.dial.authority(),
                     "health check passed {RISE} times: target back in");
             }
             _ => {}
@@ -149,11 +149,13 @@ impl Streak {
 async fn probe_once(p: &Probe) -> Result<(), String> {
     let limit = p.check.interval.min(p.timeout);
     let exchange = async {
-        let mut sender = Pool::connect(&p.authority, p.connect_timeout)
+        let mut sender = p
+            .dial
+            .connect(p.connect_timeout)
             .await
             .map_err(|e| e.to_string())?;
         let req = Request::get(p.check.path.as_str())
-            .header(header::HOST, p.authority.as_str())
+            .header(header::HOST, p.dial.authority().as_str())
             .header(header::USER_AGENT, "gatehouse-health-check")
             .header(header::CONNECTION, "close")
             .body(body::empty())

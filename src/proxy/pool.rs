@@ -16,6 +16,9 @@
 //! A checkout judges idle ages by the time the exchange began, which the
 //! caller has read already (`forward`); a checkin reads the clock once, to
 //! stamp the connection and judge the oldest.
+//!
+//! A pool opens its connections through its [`Dial`]: plain TCP for an
+//! `http://` target, TLS over it (rustls, HTTP/1.1 by ALPN) for `https://`.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -28,9 +31,14 @@ use http::uri::Authority;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::body::{Body, BoxError};
+use crate::client_tls;
 
 /// Idle connections kept per target.
 pub const MAX_IDLE: usize = 512;
@@ -38,9 +46,10 @@ pub const MAX_IDLE: usize = 512;
 /// An idle connection older than this is closed rather than reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The idle connections to one target.
+/// The idle connections to one target, and how to open more.
 pub struct Pool {
     idle: Mutex<VecDeque<Idle>>,
+    dial: Dial,
 }
 
 struct Idle {
@@ -53,6 +62,9 @@ struct Idle {
 pub enum ConnectError {
     Refused(std::io::Error),
     TimedOut,
+    /// The TLS handshake failed: most often a certificate that is not trusted
+    /// or does not name the target.
+    Tls(std::io::Error),
     Handshake(hyper::Error),
 }
 
@@ -61,20 +73,159 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::Refused(e) => write!(f, "connect: {e}"),
             ConnectError::TimedOut => f.write_str("connect timed out"),
+            ConnectError::Tls(e) => write!(f, "TLS: {e}"),
             ConnectError::Handshake(e) => write!(f, "handshake: {e}"),
         }
     }
 }
 
-impl Default for Pool {
-    fn default() -> Self {
-        Pool {
-            idle: Mutex::new(VecDeque::new()),
+/// How to open a connection to one target: its address, and for an
+/// `https://` target the TLS client and the name its certificate must carry
+/// (the target's host, also sent as SNI).
+#[derive(Clone)]
+pub struct Dial {
+    authority: Authority,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+/// The address and whether it is TLS: no keys or certificates.
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dial")
+            .field("authority", &self.authority)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Dial {
+    /// Plain TCP to `authority` (port 80 unless it names one).
+    pub fn plain(authority: Authority) -> Dial {
+        Dial {
+            authority,
+            tls: None,
+        }
+    }
+
+    /// TLS to `authority` (port 443 unless it names one), the server checked
+    /// as `config` says and named `name`.
+    pub fn tls(authority: Authority, config: Arc<ClientConfig>, name: ServerName<'static>) -> Dial {
+        Dial {
+            authority,
+            tls: Some((TlsConnector::from(config), name)),
+        }
+    }
+
+    /// To the server of an `http://` or `https://` URL; for `https://`, the
+    /// server checked against the system's roots, read now.
+    ///
+    /// # Errors
+    /// The URL has no host, its host is no name TLS can check, or the system
+    /// has no trusted roots.
+    pub fn for_url(url: &http::Uri) -> Result<Dial, String> {
+        let authority = url.authority().ok_or("the URL has no host")?.clone();
+        if url.scheme_str() != Some("https") {
+            return Ok(Dial::plain(authority));
+        }
+        let name = server_name(&authority)?;
+        let config = client_tls::config(client_tls::system_roots()?);
+        Ok(Dial::tls(authority, config, name))
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Opens a connection and completes its TLS handshake (if any) within
+    /// `timeout`; its I/O runs on a task of its own (which also carries an
+    /// upgrade, if one happens).
+    ///
+    /// # Errors
+    /// Refused, timed out, the TLS handshake failed, or the HTTP/1 one did.
+    pub async fn connect(&self, timeout: Duration) -> Result<SendRequest<Body>, ConnectError> {
+        let port = self.authority.port_u16();
+        let host = unbracketed(&self.authority);
+        let opened = tokio::time::timeout(timeout, async {
+            let default_port = if self.tls.is_some() { 443 } else { 80 };
+            let tcp = TcpStream::connect((host, port.unwrap_or(default_port)))
+                .await
+                .map_err(ConnectError::Refused)?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => Ok(Opened::Plain(tcp)),
+                Some((connector, name)) => connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map(|tls| Opened::Tls(Box::new(tls)))
+                    .map_err(ConnectError::Tls),
+            }
+        });
+        match opened.await {
+            Err(_) => Err(ConnectError::TimedOut),
+            Ok(Err(e)) => Err(e),
+            // Two kinds of connection, two instantiations of hyper's client:
+            // plain TCP keeps its own, so the common case stays as cheap
+            // as before TLS existed.
+            Ok(Ok(Opened::Plain(tcp))) => handshake(tcp).await,
+            Ok(Ok(Opened::Tls(tls))) => handshake(tls).await,
         }
     }
 }
 
+/// The name an `https://` server's certificate must carry: the host of
+/// `authority` (an IPv6 literal without its brackets).
+///
+/// # Errors
+/// The host is neither a DNS name nor an IP address.
+pub fn server_name(authority: &Authority) -> Result<ServerName<'static>, String> {
+    let host = unbracketed(authority);
+    ServerName::try_from(host.to_string())
+        .map_err(|_| format!("`{host}` is not a name TLS can check"))
+}
+
+/// The host of `authority`; an IPv6 literal is written `[::1]` in a URL.
+fn unbracketed(authority: &Authority) -> &str {
+    authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+}
+
+enum Opened {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn handshake<T>(io: T) -> Result<SendRequest<Body>, ConnectError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        // As the server side does (see `server::builders`).
+        .writev(false)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
 impl Pool {
+    pub fn new(dial: Dial) -> Self {
+        Pool {
+            idle: Mutex::new(VecDeque::new()),
+            dial,
+        }
+    }
+
+    pub fn dial(&self) -> &Dial {
+        &self.dial
+    }
+
     /// The most recently used idle connection that is still open, if any.
     /// It may still be settling after its last exchange: await
     /// `SendRequest::ready` before sending on it.
@@ -93,10 +244,9 @@ impl Pool {
     /// a request it never saw may be retried on a new connection).
     ///
     /// # Errors
-    /// See [`Pool::connect`].
+    /// See [`Dial::connect`].
     pub async fn get(
         &self,
-        authority: &Authority,
         connect_timeout: Duration,
         mut now: Instant,
     ) -> Result<(SendRequest<Body>, bool), ConnectError> {
@@ -109,7 +259,7 @@ impl Pool {
         }
         // Boxed: new connections are rare, and their future would widen
         // every request's.
-        Box::pin(Pool::connect(authority, connect_timeout))
+        Box::pin(self.dial.connect(connect_timeout))
             .await
             .map(|s| (s, false))
     }
@@ -129,36 +279,6 @@ impl Pool {
             idle.pop_front();
         }
         idle.push_back(Idle { sender, since: now });
-    }
-
-    /// Opens a new connection to `authority` within `timeout`; its I/O runs
-    /// on a task of its own (which also carries an upgrade, if one happens).
-    ///
-    /// # Errors
-    /// Refused, timed out, or the HTTP/1 handshake failed.
-    pub async fn connect(
-        authority: &Authority,
-        timeout: Duration,
-    ) -> Result<SendRequest<Body>, ConnectError> {
-        let addr = (authority.host(), authority.port_u16().unwrap_or(80));
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => return Err(ConnectError::TimedOut),
-            Ok(Err(e)) => return Err(ConnectError::Refused(e)),
-            Ok(Ok(tcp)) => tcp,
-        };
-        let _ = tcp.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            // As the server side does (see `server::builders`).
-            .writev(false)
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(ConnectError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
     }
 }
 

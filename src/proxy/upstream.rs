@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::health::{self, Down};
-use super::pool::Pool;
+use super::pool::{Dial, Pool};
 use crate::config::{HealthCheck, Target, UpstreamSpec};
 use crate::metrics::Histogram;
 
@@ -37,7 +37,8 @@ struct Slot {
     ejected_until: AtomicU64,
     /// Set while the target's health checks keep it out.
     down: Arc<Down>,
-    pool: Arc<Pool>,
+    /// `None` for `builtin:echo`.
+    pool: Option<Arc<Pool>>,
 }
 
 impl Upstream {
@@ -51,7 +52,7 @@ impl Upstream {
                     target: t.clone(),
                     ejected_until: AtomicU64::new(0),
                     down: Arc::default(),
-                    pool: Arc::default(),
+                    pool: dial(t, spec).map(|d| Arc::new(Pool::new(d))),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -93,10 +94,10 @@ impl Upstream {
             return;
         };
         for slot in &self.targets {
-            if let Target::Http { authority } = &slot.target {
+            if let Some(pool) = &slot.pool {
                 let probe = health::Probe {
                     upstream: self.name.clone(),
-                    authority: authority.clone(),
+                    dial: pool.dial().clone(),
                     check: check.clone(),
                     connect_timeout: self.connect_timeout,
                     timeout: self.timeout,
@@ -132,22 +133,23 @@ impl Upstream {
         (i, &self.targets[i].target)
     }
 
-    /// Each `http://` target and whether it takes requests now (neither
-    /// ejected nor down), for `/metrics`.
+    /// Each `http://` or `https://` target and whether it takes requests
+    /// now (neither ejected nor down), for `/metrics`.
     pub fn target_states(&self) -> impl Iterator<Item = (String, bool)> + '_ {
         let now = self.now_ms();
-        self.targets.iter().filter_map(move |t| match &t.target {
-            Target::Echo => None,
-            Target::Http { authority } => {
-                let ejected = t.ejected_until.load(Ordering::Relaxed) > now;
-                Some((authority.to_string(), !ejected && !t.down.is_down()))
-            }
+        self.targets.iter().filter_map(move |t| {
+            let pool = t.pool.as_ref()?;
+            let ejected = t.ejected_until.load(Ordering::Relaxed) > now;
+            Some((
+                pool.dial().authority().to_string(),
+                !ejected && !t.down.is_down(),
+            ))
         })
     }
 
-    /// The keep-alive connections of target `i`.
-    pub fn pool(&self, i: usize) -> &Arc<Pool> {
-        &self.targets[i].pool
+    /// The keep-alive connections of target `i`; `None` for `builtin:echo`.
+    pub fn pool(&self, i: usize) -> Option<&Arc<Pool>> {
+        self.targets[i].pool.as_ref()
     }
 
     /// Skips target `i` for [`EJECT_FOR`].
@@ -156,6 +158,27 @@ impl Upstream {
         self.targets[i]
             .ejected_until
             .store(until, Ordering::Relaxed);
+    }
+}
+
+/// How to connect to `target`; `None` for `builtin:echo`.
+fn dial(target: &Target, spec: &UpstreamSpec) -> Option<Dial> {
+    match target {
+        Target::Echo => None,
+        Target::Http {
+            authority,
+            tls: None,
+        } => Some(Dial::plain(authority.clone())),
+        Target::Http {
+            authority,
+            tls: Some(name),
+        } => {
+            let config = spec
+                .tls
+                .clone()
+                .expect("an https:// target's upstream has TLS settings");
+            Some(Dial::tls(authority.clone(), config, name.clone()))
+        }
     }
 }
 
@@ -169,11 +192,13 @@ mod tests {
             targets: (0..n)
                 .map(|i| Target::Http {
                     authority: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                    tls: None,
                 })
                 .collect(),
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             health_check: None,
+            tls: None,
         })
     }
 

@@ -320,6 +320,56 @@ pub fn metric(text: &str, series: &str) -> Option<u64> {
         .map(|v| v.parse().unwrap())
 }
 
+/// `tests/data/tls/<name>.cert.pem` and its key as a rustls server config.
+pub fn tls_server_config(name: &str) -> Arc<tokio_rustls::rustls::ServerConfig> {
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = tls_dir();
+    let certs = CertificateDer::pem_file_iter(dir.join(format!("{name}.cert.pem")))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key.pem"))).unwrap();
+    let provider = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider();
+    let config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    Arc::new(config)
+}
+
+/// TLS (the test certificate `name`) in front of the plain HTTP server at
+/// `plain`: each connection is decrypted and relayed. Returns its address.
+pub async fn tls_front(plain: SocketAddr, name: &str) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_server_config(name));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut inner) = TcpStream::connect(plain).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut inner).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The test certificates: `a` and `b`, each self-signed for localhost and 127.0.0.1.
+pub fn tls_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls")
+}
+
 // === the upstream ===
 
 /// An upstream written for the tests. Paths:
@@ -330,32 +380,64 @@ pub fn metric(text: &str, series: &str) -> Option<u64> {
 pub struct TestUpstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Connections served (for TLS: handshakes completed).
+    pub connections: Arc<AtomicUsize>,
 }
 
 impl TestUpstream {
     pub async fn start() -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve("127.0.0.1:0", None).await
+    }
+
+    /// The same upstream over TLS on `bind`, with the test certificate
+    /// `name` (`"a"` or `"b"`: both for localhost and 127.0.0.1, each its
+    /// own self-signed key) from `tests/data/tls`.
+    pub async fn start_tls(bind: &str, name: &str) -> TestUpstream {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls_server_config(name));
+        Self::serve(bind, Some(acceptor)).await
+    }
+
+    async fn serve(bind: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> TestUpstream {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
-        let h = Arc::clone(&hits);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (Arc::clone(&hits), Arc::clone(&connections));
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let h = Arc::clone(&h);
+                let (h, c, tls) = (Arc::clone(&h), Arc::clone(&c), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         h.fetch_add(1, Ordering::SeqCst);
                         upstream_respond(req)
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            c.fetch_add(1, Ordering::SeqCst);
+                            let io = TokioIo::new(stream);
+                            let _ = server.serve_connection_with_upgrades(io, svc).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            c.fetch_add(1, Ordering::SeqCst);
+                            let io = TokioIo::new(stream);
+                            let _ = server.serve_connection_with_upgrades(io, svc).await;
+                        }
+                    }
                 });
             }
         });
-        TestUpstream { addr, hits }
+        TestUpstream {
+            addr,
+            hits,
+            connections,
+        }
     }
 
     pub fn hits(&self) -> usize {
@@ -450,6 +532,24 @@ fn json_rsp(v: Value) -> Response<UpBody> {
         "application/json".parse().unwrap(),
     );
     rsp
+}
+
+/// Polls `probe` every 50 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 // === the client ===

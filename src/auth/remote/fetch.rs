@@ -2,25 +2,20 @@
 //!
 //! A connection of its own per fetch (`Connection: close`): a fetch happens
 //! every `jwks_refresh` or on an unknown `kid`, so pooling would buy
-//! nothing. HTTPS is rustls on aws-lc-rs with the system's trusted roots
-//! (`rustls-native-certs`: `/etc/ssl/certs` on Debian, or `SSL_CERT_FILE` /
-//! `SSL_CERT_DIR` when set), read at each fetch so that a CA bundle
-//! installed later is used without a restart. Redirects are not followed
-//! and no HTTP proxy is used: the URL names the server that answers.
+//! nothing. HTTPS as `client_tls` says, with the system's trusted roots
+//! read at each fetch, so that a CA bundle installed later is used without
+//! a restart. Redirects are not followed and no HTTP proxy is used: the URL
+//! names the server that answers.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
 use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::aws_lc_rs};
+use http_body_util::{BodyExt, Limited};
+
+use crate::body;
+use crate::proxy::pool::{ConnectError, Dial};
 
 /// A whole fetch (connect, TLS, answer, body) takes at most this.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,57 +37,24 @@ pub async fn get(url: &Uri) -> Result<Bytes, String> {
 
 async fn fetch(url: &Uri) -> Result<Bytes, String> {
     let authority = url.authority().ok_or("the URL has no host")?;
-    let https = url.scheme_str() == Some("https");
-    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-    // An IPv6 literal is written `[::1]` in a URL.
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let tcp = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    if https {
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|_| format!("`{host}` is not a name TLS can check"))?;
-        let tls = connector()?
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {authority}: {e}"))?;
-        exchange(TokioIo::new(Box::new(tls)), url).await
-    } else {
-        exchange(TokioIo::new(Box::new(tcp)), url).await
-    }
-}
-
-/// Either stream, boxed: one more instantiation of hyper's client
-/// connection, not two.
-///
-/// Even one costs the proxy path: with a second kind of client connection
-/// beside the pool's, the compiler stops inlining hyper's response-head
-/// parser and request-head encoder into the pool's (about 130 of the 170
-/// instructions a cache hit gained with `jwks_url` support, callgrind,
-/// 31,359 -> 31,533 Ir/req). A blocking client (ureq) instead moved the
-/// same cost to `httparse`'s response parser (31,328 -> 31,460), and
-/// sharing one `Stream` enum with the pool cost more (+270): kept as is.
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-async fn exchange(io: TokioIo<Box<dyn Stream>>, url: &Uri) -> Result<Bytes, String> {
-    let authority = url.authority().ok_or("the URL has no host")?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP: {e}"))?;
-    // Ends with the exchange (`Connection: close`) or when `get` gives up.
-    tokio::spawn(conn);
+    // Read at each fetch: a CA bundle installed later is used.
+    let dial = Dial::for_url(url)?;
+    // The same connections as the proxy's upstreams: no client of its own
+    // (a second kind of hyper client connection beside the pool's made the
+    // compiler stop inlining hyper's head parser and encoder into the
+    // pool's: about 130 instructions a cache hit, callgrind).
+    let mut sender = dial.connect(FETCH_TIMEOUT).await.map_err(|e| match e {
+        ConnectError::Refused(e) => format!("cannot connect to {authority}: {e}"),
+        ConnectError::Tls(e) => format!("TLS with {authority}: {e}"),
+        e => format!("{authority}: {e}"),
+    })?;
     let path = url.path_and_query().map_or("/", |p| p.as_str());
     let req = Request::get(path)
         .header(HOST, authority.as_str())
         .header(ACCEPT, "application/jwk-set+json, application/json")
         .header(USER_AGENT, concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
         .header(CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
+        .body(body::empty())
         .map_err(|e| format!("request: {e}"))?;
     let rsp = sender
         .send_request(req)
@@ -115,28 +77,6 @@ async fn exchange(io: TokioIo<Box<dyn Stream>>, url: &Uri) -> Result<Bytes, Stri
     }
 }
 
-/// A TLS client trusting the system's roots (see the module docs).
-fn connector() -> Result<TlsConnector, String> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    let (added, _unparsable) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        let why = found
-            .errors
-            .first()
-            .map_or_else(String::new, |e| format!(" ({e})"));
-        return Err(format!(
-            "no trusted root certificates{why}: install ca-certificates or set SSL_CERT_FILE"
-        ));
-    }
-    let config = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -145,6 +85,7 @@ mod tests {
     use http_body_util::Full;
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
     use super::*;

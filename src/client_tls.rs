@@ -1,0 +1,86 @@
+//! TLS as a client, for `https://` upstream targets, `jwks_url` and
+//! `verify_url`: rustls on aws-lc-rs (the crypto the gateway already
+//! verifies tokens with), TLS 1.2 and 1.3 with rustls's safe defaults,
+//! HTTP/1.1 by ALPN, no client certificate.
+//!
+//! The server's certificate is checked against the system's trusted roots
+//! (`rustls-native-certs`: `/etc/ssl/certs` on Debian, or `SSL_CERT_FILE` /
+//! `SSL_CERT_DIR` when set), or against the certificates of a PEM file
+//! (an upstream's `ca_file`), and must name the host of the URL.
+
+use std::sync::Arc;
+
+use tokio_rustls::rustls::crypto::aws_lc_rs;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+/// The system's trusted roots, read now.
+///
+/// # Errors
+/// None could be read: the message says what to install or set.
+pub fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _unparsable) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or_else(String::new, |e| format!(" ({e})"));
+        return Err(format!(
+            "no trusted root certificates{why}: install ca-certificates or set SSL_CERT_FILE"
+        ));
+    }
+    Ok(roots)
+}
+
+/// The certificates of a PEM file's contents, as the only trusted roots.
+///
+/// # Errors
+/// The contents are not PEM, hold no certificate, or one rustls refuses
+/// as a trust anchor.
+pub fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM file of certificates ({e})"))?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE in the file".into());
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("a certificate cannot be trusted as a root ({e})"))?;
+    }
+    Ok(roots)
+}
+
+/// A client configuration trusting `roots`.
+pub fn config(roots: RootCertStore) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports rustls's default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // The connections speak HTTP/1.1 (hyper's http1 client).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_roots_need_a_certificate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+        let pem = std::fs::read(dir.join("a.cert.pem")).unwrap();
+        assert_eq!(roots_from_pem(&pem).unwrap().len(), 1);
+        let err = roots_from_pem(b"not pem").unwrap_err();
+        assert!(err.contains("no CERTIFICATE"), "{err}");
+        let key = std::fs::read(dir.join("a.key.pem")).unwrap();
+        let err = roots_from_pem(&key).unwrap_err();
+        assert!(err.contains("no CERTIFICATE"), "{err}");
+    }
+}

@@ -1,0 +1,137 @@
+//! `https://` upstream targets: requests go over TLS, the target's
+//! certificate is checked against the upstream's `ca_file` (or the system's
+//! roots) and must name the target's host; connections are kept alive as
+//! plain ones are; a target whose certificate fails is a 502, as one that
+//! refuses connections is; health checks probe over TLS too.
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+/// `pool_config` for `targets` trusting the test certificate `ca` only.
+fn tls_config(targets: &[String], ca: &str, extra: &str) -> String {
+    let ca = tls_dir().join(format!("{ca}.cert.pem"));
+    pool_config(targets, &format!("ca_file = \"{}\"\n{extra}", ca.display()))
+}
+
+#[tokio::test]
+async fn https_targets_are_proxied_over_tls_on_kept_alive_connections() {
+    let up = TestUpstream::start_tls("127.0.0.1:0", "a").await;
+    let target = format!("https://localhost:{}", up.addr.port());
+    let gw = TestGateway::start(&tls_config(&[target], "a", "")).await;
+
+    for i in 0..5 {
+        let r = get(&gw.url(&format!("/items/{i}?q=1")), &[("x-trace", "t")]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let echo = r.json();
+        assert_eq!(echo["path"], format!("/items/{i}"));
+        assert_eq!(echo["query"], "q=1");
+        // The client's Host is passed on, as for plain targets.
+        assert_eq!(r.upstream_header("host").unwrap(), gw.addr.to_string());
+        assert_eq!(r.upstream_header("x-trace").unwrap(), "t");
+    }
+    // A body goes through too.
+    let r = post_json(&gw.url("/upload"), &[], &json!({"k": "v".repeat(10_000)})).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["bytes"].as_u64().unwrap() > 10_000);
+
+    assert_eq!(up.hits(), 6);
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "one TLS connection, kept alive across the requests"
+    );
+}
+
+#[tokio::test]
+async fn an_ip_address_target_is_checked_against_the_certificates_ip() {
+    let up = TestUpstream::start_tls("127.0.0.1:0", "a").await;
+    let target = format!("https://{}", up.addr);
+    let gw = TestGateway::start(&tls_config(&[target], "a", "")).await;
+    let r = get(&gw.url("/x"), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// An untrusted certificate, or one for another name, never reaches the
+/// upstream with a request: 502, and the log says why.
+#[tokio::test]
+async fn an_untrusted_or_misnamed_certificate_is_a_502() {
+    // `b` is self-signed by another key than the `a` the gateway trusts.
+    let untrusted = TestUpstream::start_tls("127.0.0.1:0", "b").await;
+    // `a`, but on an address its certificate does not name.
+    let misnamed = TestUpstream::start_tls("127.0.0.2:0", "a").await;
+    for (up, why) in [
+        (&untrusted, "invalid peer certificate"),
+        (&misnamed, "not valid for name \"127.0.0.2\""),
+    ] {
+        let (log, _capture) = capture_logs();
+        let target = format!("https://{}", up.addr);
+        let gw = TestGateway::start(&tls_config(&[target], "a", "")).await;
+        let r = get(&gw.url("/x"), &[]).await;
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(up.hits(), 0);
+        let log = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+        assert!(log.contains("upstream request failed"), "{log}");
+        assert!(log.contains(why), "{log}");
+    }
+}
+
+/// The same port spoken to in plain HTTP is no answer either: 502.
+#[tokio::test]
+async fn plain_http_to_a_tls_port_is_a_502() {
+    let up = TestUpstream::start_tls("127.0.0.1:0", "a").await;
+    let gw = TestGateway::start(&pool_config(&[format!("http://{}", up.addr)], "")).await;
+    let r = get(&gw.url("/x"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(up.hits(), 0);
+}
+
+/// Health checks reach `https://` targets over TLS, checked as requests
+/// are: the target with an untrusted certificate is taken out.
+#[tokio::test]
+async fn health_checks_probe_https_targets_over_tls() {
+    let good = TestUpstream::start_tls("127.0.0.1:0", "a").await;
+    let bad = TestUpstream::start_tls("127.0.0.1:0", "b").await;
+    let targets = [
+        format!("https://localhost:{}", good.addr.port()),
+        format!("https://localhost:{}", bad.addr.port()),
+    ];
+    let hc = r#"health_check = { path = "/healthz", interval = "100ms" }"#;
+    let gw = TestGateway::start(&tls_config(&targets, "a", hc)).await;
+    let admin = gw.admin().await;
+    let series = |port: u16| {
+        format!("gatehouse_upstream_target_up{{upstream=\"pool\",target=\"localhost:{port}\"}}")
+    };
+    let settled = eventually(Duration::from_secs(10), || async {
+        let text = scrape(admin).await;
+        metric(&text, &series(bad.addr.port())) == Some(0)
+            && metric(&text, &series(good.addr.port())) == Some(1)
+    });
+    assert!(settled.await, "{}", scrape(admin).await);
+    assert!(good.hits() >= 2, "the good target's probes arrived");
+    assert_eq!(bad.hits(), 0, "no probe got past the untrusted certificate");
+}
+
+/// `check` refuses `https://` targets without a `ca_file` when the system
+/// has no trusted roots, and says what to do.
+#[tokio::test]
+async fn check_wants_roots_for_https_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = pool_config(&["https://localhost:8443".to_string()], "");
+    let path = write_config(dir.path(), &config);
+    let mut cmd = std::process::Command::new(support::process::BIN);
+    cmd.args(["check", "-c"]).arg(&path);
+    cmd.env("SSL_CERT_FILE", dir.path().join("none.pem"));
+    cmd.env("SSL_CERT_DIR", dir.path().join("no-dir"));
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no trusted root certificates"), "{stderr}");
+    assert!(stderr.contains("give the upstream a ca_file"), "{stderr}");
+}
