@@ -220,6 +220,10 @@ pub struct UpstreamSpec {
     /// How `https://` targets are checked: the system's roots, or `ca_file`'s
     /// certificates. `None` when no target is `https://`.
     pub tls: Option<Arc<ClientConfig>>,
+    /// Pass the client's `Host` on (Envoy's and HAProxy's default); `false`
+    /// sends the target's, as Kong's `preserve_host = false` and nginx's
+    /// `proxy_pass` do.
+    pub preserve_host: bool,
 }
 
 /// An upstream's active health check: `GET path` on each target every

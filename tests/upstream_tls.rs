@@ -135,3 +135,28 @@ async fn check_wants_roots_for_https_targets() {
     assert!(stderr.contains("no trusted root certificates"), "{stderr}");
     assert!(stderr.contains("give the upstream a ca_file"), "{stderr}");
 }
+
+/// `preserve_host = false`: the target's host and port as `Host` (an
+/// upstream that routes by its own name behind TLS), the client's in
+/// `X-Forwarded-Host`; by default the client's `Host` is passed on.
+#[tokio::test]
+async fn preserve_host_false_sends_the_targets_host() {
+    let up = TestUpstream::start_tls("127.0.0.1:0", "a").await;
+    let target = format!("https://localhost:{}", up.addr.port());
+    for (extra, host) in [
+        (
+            "preserve_host = false",
+            format!("localhost:{}", up.addr.port()),
+        ),
+        ("", "gateway.example:8080".to_string()),
+    ] {
+        let gw = TestGateway::start(&tls_config(std::slice::from_ref(&target), "a", extra)).await;
+        let r = get(&gw.url("/x"), &[("host", "gateway.example:8080")]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.upstream_header("host").unwrap(), host, "{extra}");
+        assert_eq!(
+            r.upstream_header("x-forwarded-host").unwrap(),
+            "gateway.example:8080"
+        );
+    }
+}

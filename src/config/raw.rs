@@ -227,6 +227,9 @@ pub struct RawUpstream {
     pub health_check: Option<Spanned<RawHealthCheck>>,
     /// PEM certificates trusted for `https://` targets instead of the system's.
     pub ca_file: Option<Spanned<String>>,
+    /// `false`: the target's host and port as `Host`, not the client's.
+    #[serde(default = "default_true")]
+    pub preserve_host: bool,
 }
 
 /// `health_check = { path = "/healthz", interval = "5s" }`.
@@ -240,6 +243,10 @@ pub struct RawHealthCheck {
 
 fn default_health_interval() -> Spanned<Dur> {
     Spanned::new(0..0, Dur::secs(5))
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_connect_timeout() -> Dur {

@@ -604,6 +604,7 @@ fn upstreams(raw: &[Spanned<RawUpstream>], path: &Path, d: &mut Diags<'_>) -> Ve
             timeout: u.timeout.0,
             health_check,
             tls: tls.map(client_tls::config),
+            preserve_host: u.preserve_host,
         });
     }
     out

@@ -52,10 +52,10 @@ pub async fn forward(
     client_body: Option<&BodyState>,
 ) -> Result<Response<Body>, GatewayError> {
     let authority = pool.dial().authority();
-    // HTTP/1.1 upstreams get the origin form and a Host.
+    // HTTP/1.1 upstreams get the origin form and a Host: the client's
+    // (HTTP/2 clients send :authority, not Host), or the target's.
     *req.uri_mut() = Uri::from(path_and_query);
-    if !req.headers().contains_key(header::HOST) {
-        // HTTP/2 clients send :authority, not Host.
+    if !upstream.preserve_host || !req.headers().contains_key(header::HOST) {
         let host = HeaderValue::from_str(authority.as_str())
             .expect("an authority is a valid header value");
         req.headers_mut().insert(header::HOST, host);

@@ -21,6 +21,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// From sending the request to the response head: 504 beyond it.
     pub timeout: Duration,
+    /// Send the client's `Host` (else the target's).
+    pub preserve_host: bool,
     /// The clock the ejection deadlines count from.
     epoch: Instant,
     health_check: Option<HealthCheck>,
@@ -58,6 +60,7 @@ impl Upstream {
             next: AtomicUsize::new(0),
             connect_timeout: spec.connect_timeout,
             timeout: spec.timeout,
+            preserve_host: spec.preserve_host,
             epoch: Instant::now(),
             health_check: spec.health_check.clone(),
             retired: Arc::default(),
@@ -199,6 +202,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             health_check: None,
             tls: None,
+            preserve_host: true,
         })
     }
 
