@@ -1,7 +1,8 @@
 //! TLS as a client, for `https://` upstream targets, `jwks_url` and
 //! `verify_url`: rustls on aws-lc-rs (the crypto the gateway already
 //! verifies tokens with), TLS 1.2 and 1.3 with rustls's safe defaults,
-//! HTTP/1.1 by ALPN, no client certificate.
+//! HTTP/1.1 by ALPN; a client certificate when an upstream has a
+//! `client_cert`.
 //!
 //! The server's certificate is checked against the system's trusted roots
 //! (`rustls-native-certs`: `/etc/ssl/certs` on Debian, or `SSL_CERT_FILE` /
@@ -11,9 +12,9 @@
 use std::sync::Arc;
 
 use tokio_rustls::rustls::crypto::aws_lc_rs;
-use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{self, ClientConfig, InconsistentKeys, RootCertStore};
 
 /// The system's trusted roots, read now.
 ///
@@ -56,16 +57,63 @@ pub fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// A client configuration trusting `roots`.
-pub fn config(roots: RootCertStore) -> Arc<ClientConfig> {
-    let mut config = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+/// A client certificate chain and its private key, parsed.
+pub struct ClientCert {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ClientCert {
+    /// From the contents of a PEM chain and a PEM private key.
+    ///
+    /// # Errors
+    /// No certificate, no (unencrypted) private key, or not PEM.
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<ClientCert, String> {
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cert: not a PEM certificate chain ({e})"))?;
+        if chain.is_empty() {
+            return Err("cert: no CERTIFICATE in the file".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+            if memchr::memmem::find(key, b"ENCRYPTED").is_some() {
+                "key: encrypted keys are not supported".to_string()
+            } else {
+                format!("key: no PEM private key ({e})")
+            }
+        })?;
+        Ok(ClientCert { chain, key })
+    }
+}
+
+/// A client configuration trusting `roots`, presenting `client` when the
+/// server asks for a certificate.
+///
+/// # Errors
+/// rustls cannot use the client key, or it does not belong to the
+/// certificate.
+pub fn config(
+    roots: RootCertStore,
+    client: Option<ClientCert>,
+) -> Result<Arc<ClientConfig>, String> {
+    let builder = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("aws-lc-rs supports rustls's default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder
+            .with_client_auth_cert(c.chain, c.key)
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch) => {
+                    "key: it does not belong to the certificate".to_string()
+                }
+                e => format!("key: {e}"),
+            })?,
+    };
     // The connections speak HTTP/1.1 (hyper's http1 client).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

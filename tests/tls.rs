@@ -4,8 +4,10 @@
 //!
 //! `tests/data/tls` holds two self-signed test certificates (P-256, for
 //! `localhost` and 127.0.0.1, valid from 2020 to 2126, CA:FALSE,
-//! serverAuth) and their keys, and the first key encrypted (password
-//! `test`, `openssl pkcs8`): test material only.
+//! serverAuth) and their keys, the first key encrypted (password `test`,
+//! `openssl pkcs8`), and a client certificate (`client`, self-signed,
+//! clientAuth, made with Python's cryptography) with its key: test
+//! material only.
 mod support;
 
 use std::sync::Arc;

@@ -160,3 +160,75 @@ async fn preserve_host_false_sends_the_targets_host() {
         );
     }
 }
+
+/// `client_cert`: an upstream that requires a client certificate (mTLS)
+/// takes the gateway's; without one configured, the handshake fails: 502.
+#[tokio::test]
+async fn client_cert_is_presented_to_upstreams_that_ask() {
+    let up = TestUpstream::start_mtls("127.0.0.1:0", "a").await;
+    let target = vec![format!("https://localhost:{}", up.addr.port())];
+    let dir = tls_dir();
+    let client = format!(
+        "client_cert = {{ cert = \"{}\", key = \"{}\" }}",
+        dir.join("client.cert.pem").display(),
+        dir.join("client.key.pem").display()
+    );
+    let gw = TestGateway::start(&tls_config(&target, "a", &client)).await;
+    let r = get(&gw.url("/x"), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(up.hits(), 1);
+
+    let (log, _capture) = capture_logs();
+    let gw = TestGateway::start(&tls_config(&target, "a", "")).await;
+    let r = get(&gw.url("/x"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(up.hits(), 1, "no request without the certificate");
+    let log = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    assert!(log.contains("upstream request failed"), "{log}");
+}
+
+/// `client_cert` files are checked at load: each problem at its line.
+#[tokio::test]
+async fn bad_client_certs_are_refused_at_load() {
+    let dir = tls_dir();
+    let target = vec!["https://localhost:8443".to_string()];
+    let file = |f: &str| dir.join(f).display().to_string();
+    for (cert, key, message) in [
+        (file("a.key.pem"), file("client.key.pem"), "no CERTIFICATE"),
+        (
+            file("client.cert.pem"),
+            file("client.cert.pem"),
+            "no PEM private key",
+        ),
+        (
+            file("client.cert.pem"),
+            file("encrypted.key.pem"),
+            "encrypted",
+        ),
+        (
+            file("client.cert.pem"),
+            file("a.key.pem"),
+            "does not belong to the certificate",
+        ),
+        (file("client.cert.pem"), "missing.pem".into(), "cannot read"),
+    ] {
+        let extra = format!("client_cert = {{ cert = \"{cert}\", key = \"{key}\" }}");
+        let err = TestGateway::try_start(&tls_config(&target, "a", &extra))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{cert} {key}: accepted"));
+        assert!(err.contains(message), "{cert} {key}: {err}");
+    }
+    // On an upstream without https:// targets.
+    let extra = format!(
+        "client_cert = {{ cert = \"{}\", key = \"{}\" }}",
+        file("client.cert.pem"),
+        file("client.key.pem")
+    );
+    let config = pool_config(&["http://127.0.0.1:9".to_string()], &extra);
+    let err = TestGateway::try_start(&config).await.err().unwrap();
+    assert!(
+        err.contains("client_cert needs an https:// target"),
+        "{err}"
+    );
+}

@@ -51,7 +51,8 @@ pub struct RawServer {
     pub trusted_proxies: Vec<Spanned<String>>,
 }
 
-/// `[server] tls = { cert = "cert.pem", key = "key.pem" }`.
+/// `[server] tls = { cert = "cert.pem", key = "key.pem" }`, and an
+/// upstream's `client_cert` in the same form.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
@@ -227,6 +228,8 @@ pub struct RawUpstream {
     pub health_check: Option<Spanned<RawHealthCheck>>,
     /// PEM certificates trusted for `https://` targets instead of the system's.
     pub ca_file: Option<Spanned<String>>,
+    /// The certificate and key `https://` targets get asked for (mTLS).
+    pub client_cert: Option<Spanned<RawTls>>,
     /// `false`: the target's host and port as `Host`, not the client's.
     #[serde(default = "default_true")]
     pub preserve_host: bool,

@@ -577,37 +577,77 @@ fn upstreams(raw: &[Spanned<RawUpstream>], path: &Path, d: &mut Diags<'_>) -> Ve
         let https = targets
             .iter()
             .any(|t| matches!(t, Target::Http { tls: Some(_), .. }));
-        let tls = match (&u.ca_file, https) {
-            (Some(ca), false) => {
-                d.at(Some(&ca.span()), "ca_file needs an https:// target");
-                None
-            }
-            (Some(ca), true) => read_file(ca, path, d).and_then(|pem| {
-                client_tls::roots_from_pem(&pem)
-                    .map_err(|e| d.at(Some(&ca.span()), format!("ca_file: {e}")))
-                    .ok()
-            }),
-            (None, true) => client_tls::system_roots()
-                .map_err(|e| {
-                    d.at(
-                        Some(&u.targets.span()),
-                        format!("https:// targets: {e}, or give the upstream a ca_file"),
-                    )
-                })
-                .ok(),
-            (None, false) => None,
-        };
+        let tls = upstream_tls(u, https, path, d);
         out.push(UpstreamSpec {
             name: u.name.get_ref().clone(),
             targets,
             connect_timeout: u.connect_timeout.0,
             timeout: u.timeout.0,
             health_check,
-            tls: tls.map(client_tls::config),
+            tls,
             preserve_host: u.preserve_host,
         });
     }
     out
+}
+
+/// How an upstream's `https://` targets are checked (`ca_file`, else the
+/// system's roots) and which certificate it presents (`client_cert`);
+/// `None` without `https://` targets, where both are refused.
+fn upstream_tls(
+    u: &RawUpstream,
+    https: bool,
+    path: &Path,
+    d: &mut Diags<'_>,
+) -> Option<Arc<tokio_rustls::rustls::ClientConfig>> {
+    if !https {
+        if let Some(ca) = &u.ca_file {
+            d.at(Some(&ca.span()), "ca_file needs an https:// target");
+        }
+        if let Some(c) = &u.client_cert {
+            d.at(Some(&c.span()), "client_cert needs an https:// target");
+        }
+        return None;
+    }
+    let roots = match &u.ca_file {
+        Some(ca) => read_file(ca, path, d).and_then(|pem| {
+            client_tls::roots_from_pem(&pem)
+                .map_err(|e| d.at(Some(&ca.span()), format!("ca_file: {e}")))
+                .ok()
+        }),
+        None => client_tls::system_roots()
+            .map_err(|e| {
+                d.at(
+                    Some(&u.targets.span()),
+                    format!("https:// targets: {e}, or give the upstream a ca_file"),
+                )
+            })
+            .ok(),
+    };
+    let client = match &u.client_cert {
+        None => Some(None),
+        Some(c) => {
+            let files = c.get_ref();
+            let cert = read_file(&files.cert, path, d);
+            let key = read_file(&files.key, path, d);
+            let parsed = client_tls::ClientCert::from_pem(&cert?, &key?);
+            match parsed {
+                Ok(c) => Some(Some(c)),
+                Err(e) => {
+                    d.at(Some(&c.span()), format!("client_cert {e}"));
+                    None
+                }
+            }
+        }
+    };
+    match client_tls::config(roots?, client?) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            let at = u.client_cert.as_ref().map(|c| c.span());
+            d.at(at.as_ref(), format!("client_cert {e}"));
+            None
+        }
+    }
 }
 
 /// The shortest `health_check` interval: probes more often than this would

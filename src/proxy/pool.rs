@@ -128,7 +128,7 @@ impl Dial {
             return Ok(Dial::plain(authority));
         }
         let name = server_name(&authority)?;
-        let config = client_tls::config(client_tls::system_roots()?);
+        let config = client_tls::config(client_tls::system_roots()?, None)?;
         Ok(Dial::tls(authority, config, name))
     }
 

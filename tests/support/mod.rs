@@ -322,9 +322,16 @@ pub fn metric(text: &str, series: &str) -> Option<u64> {
 
 /// `tests/data/tls/<name>.cert.pem` and its key as a rustls server config.
 pub fn tls_server_config(name: &str) -> Arc<tokio_rustls::rustls::ServerConfig> {
-    use tokio_rustls::rustls::ServerConfig;
+    tls_server_config_with(name, false)
+}
+
+/// [`tls_server_config`], requiring a client certificate (`client.cert.pem`)
+/// when `mtls`.
+pub fn tls_server_config_with(name: &str, mtls: bool) -> Arc<tokio_rustls::rustls::ServerConfig> {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::server::WebPkiClientVerifier;
+    use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 
     let dir = tls_dir();
     let certs = CertificateDer::pem_file_iter(dir.join(format!("{name}.cert.pem")))
@@ -332,14 +339,23 @@ pub fn tls_server_config(name: &str) -> Arc<tokio_rustls::rustls::ServerConfig> 
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key.pem"))).unwrap();
-    let provider = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider();
-    let config = ServerConfig::builder_with_provider(Arc::new(provider))
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
         .unwrap();
-    Arc::new(config)
+    let builder = if mtls {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(dir.join("client.cert.pem")).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    Arc::new(builder.with_single_cert(certs, key).unwrap())
 }
 
 /// TLS (the test certificate `name`) in front of the plain HTTP server at
@@ -394,6 +410,13 @@ impl TestUpstream {
     /// own self-signed key) from `tests/data/tls`.
     pub async fn start_tls(bind: &str, name: &str) -> TestUpstream {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls_server_config(name));
+        Self::serve(bind, Some(acceptor)).await
+    }
+
+    /// [`TestUpstream::start_tls`] that also requires a client certificate
+    /// issued by `tests/data/tls/client.cert.pem` (itself).
+    pub async fn start_mtls(bind: &str, name: &str) -> TestUpstream {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls_server_config_with(name, true));
         Self::serve(bind, Some(acceptor)).await
     }
 
