@@ -92,16 +92,29 @@ pub struct StateConfig {
     /// `backend = "redis"`: the `url` of the Redis every instance shares.
     /// `None`: the embedded store under `path`.
     pub redis_url: Option<String>,
+    /// `rediss://`: the `ca_file` and `client_cert` files, read at load.
+    pub redis_tls: RedisTls,
 }
 
-/// Without the Redis URL, which may hold a password.
+/// Without the Redis URL, which may hold a password, or any key.
 impl fmt::Debug for StateConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StateConfig")
             .field("path", &self.path)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<redacted>"))
+            .field("redis_ca", &self.redis_tls.ca_pem.is_some())
+            .field("redis_client_cert", &self.redis_tls.client.is_some())
             .finish()
     }
+}
+
+/// PEM contents for a `rediss://` connection (checked to parse at load).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// Trusted instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate chain and its private key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Clone, Debug)]

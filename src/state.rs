@@ -90,7 +90,9 @@ impl Gateway {
             None => Box::new(crate::store::embedded::Embedded::open(
                 &snap.config.state.path,
             )?),
-            Some(url) => Box::new(crate::store::redis::RedisStore::connect(url).await?),
+            Some(url) => Box::new(
+                crate::store::redis::RedisStore::connect(url, &snap.config.state.redis_tls).await?,
+            ),
         };
         Gateway::new(snap, store).await
     }

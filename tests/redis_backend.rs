@@ -45,7 +45,9 @@ fn req<'a>(family: &'a str, presented: &'a str, next: &'a str) -> RotateRequest<
 
 async fn store() -> (RedisServer, RedisStore) {
     let server = RedisServer::start().await;
-    let store = RedisStore::connect(&server.url).await.unwrap();
+    let store = RedisStore::connect(&server.url, &Default::default())
+        .await
+        .unwrap();
     (server, store)
 }
 
@@ -212,16 +214,18 @@ async fn edges_match_the_embedded_store() {
 #[tokio::test]
 async fn a_unix_socket_url_reaches_the_same_server() {
     let server = RedisServer::start().await;
-    let tcp = RedisStore::connect(&server.url).await.unwrap();
+    let tcp = RedisStore::connect(&server.url, &Default::default())
+        .await
+        .unwrap();
     tcp.revoke_jti("j1", now() + 60).await.unwrap();
     // The socket appears a moment after the TCP port.
-    let mut unix = RedisStore::connect(&server.unix_url).await;
+    let mut unix = RedisStore::connect(&server.unix_url, &Default::default()).await;
     for _ in 0..50 {
         if unix.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        unix = RedisStore::connect(&server.unix_url).await;
+        unix = RedisStore::connect(&server.unix_url, &Default::default()).await;
     }
     let live = unix.unwrap().live_revocations(now()).await.unwrap();
     assert_eq!(live.len(), 1, "{live:?}");
@@ -232,8 +236,16 @@ async fn an_unreachable_redis_is_an_error_not_a_hang() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("redis://{}/0", closed.local_addr().unwrap());
     drop(closed);
-    assert!(RedisStore::connect(&url).await.is_err());
-    assert!(RedisStore::connect("http://x").await.is_err());
+    assert!(
+        RedisStore::connect(&url, &Default::default())
+            .await
+            .is_err()
+    );
+    assert!(
+        RedisStore::connect("http://x", &Default::default())
+            .await
+            .is_err()
+    );
 }
 
 // === two gateways sharing one Redis ===
@@ -353,7 +365,9 @@ async fn a_burst_of_revocations_is_followed_to_its_end_within_a_second() {
     let redis = RedisServer::start().await;
     let up = TestUpstream::start().await;
     let b = gateway(&up, &redis).await;
-    let other = RedisStore::connect(&redis.url).await.unwrap();
+    let other = RedisStore::connect(&redis.url, &Default::default())
+        .await
+        .unwrap();
     let before = b.shared.revocations.len();
     for i in 0..2500 {
         other
@@ -507,7 +521,9 @@ async fn rediss_urls_check_the_servers_certificate() {
     .await;
     assert_eq!(r.status, 204, "{}", gh.log());
     // It went to the server over TLS: the plain port sees it.
-    let plain = RedisStore::connect(&redis.url).await.unwrap();
+    let plain = RedisStore::connect(&redis.url, &Default::default())
+        .await
+        .unwrap();
     let live = plain.live_revocations(now()).await.unwrap();
     assert!(
         live.iter().any(|r| matches!(r, Revocation::Family { .. })),
@@ -546,4 +562,67 @@ async fn rediss_urls_check_the_servers_certificate() {
         log.contains("connect to redis: invalid peer certificate"),
         "{log}"
     );
+}
+
+/// `[state] ca_file` and `client_cert` for a Redis whose TLS port requires
+/// client certificates (`tls-auth-clients yes`, redis-server's default):
+/// with both, logins and logouts reach it; without the certificate the
+/// gateway does not start. Neither file is needed for a plain URL.
+#[tokio::test]
+async fn rediss_with_a_ca_file_and_a_client_certificate() {
+    let redis = RedisServer::start_with(true).await;
+    let up = TestUpstream::start().await;
+    let certs = tls_dir();
+    let tls = format!(
+        "url = \"{}\"\nca_file = \"{}\"",
+        redis.tls_url,
+        certs.join("a.cert.pem").display()
+    );
+    let client = format!(
+        "client_cert = {{ cert = \"{}\", key = \"{}\" }}",
+        certs.join("client.cert.pem").display(),
+        certs.join("client.key.pem").display()
+    );
+    let with = |extra: &str| {
+        config(up.addr, &redis.tls_url).replace(
+            &format!("url = \"{}\"", redis.tls_url),
+            &format!("{tls}\n{extra}"),
+        )
+    };
+    let users = users_toml();
+    let gw = TestGateway::start_with_files(&with(&client), &[("users.toml", &users)]).await;
+    let creds = json!({ "username": "alice", "password": "pw" });
+    let pair = Pair::of(&post_json(&gw.url("/auth/login"), &[], &creds).await);
+    let bearer = format!("Bearer {}", pair.access);
+    let r = post_json(
+        &gw.url("/auth/logout"),
+        &[("authorization", &bearer)],
+        &json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let plain = RedisStore::connect(&redis.url, &Default::default())
+        .await
+        .unwrap();
+    let live = plain.live_revocations(now()).await.unwrap();
+    assert!(
+        live.iter().any(|r| matches!(r, Revocation::Family { .. })),
+        "{live:?}"
+    );
+
+    let err = TestGateway::try_start_with_files(&with(""), &[("users.toml", &users)])
+        .await
+        .err()
+        .expect("no client certificate: Redis refuses the handshake");
+    assert!(err.contains("redis"), "{err}");
+
+    let plain_url = config(up.addr, &redis.url).replace(
+        &format!("url = \"{}\"", redis.url),
+        &format!("url = \"{}\"\n{client}", redis.url),
+    );
+    let err = TestGateway::try_start_with_files(&plain_url, &[("users.toml", &users)])
+        .await
+        .err()
+        .unwrap();
+    assert!(err.contains("are for a rediss:// url"), "{err}");
 }

@@ -91,6 +91,10 @@ pub struct RawState {
     pub backend: Spanned<String>,
     pub path: String,
     pub url: Option<String>,
+    /// `rediss://`: PEM certificates trusted instead of the system's.
+    pub ca_file: Option<Spanned<String>>,
+    /// `rediss://`: the certificate and key Redis gets (`tls-auth-clients`).
+    pub client_cert: Option<Spanned<RawTls>>,
 }
 
 impl Default for RawState {
@@ -99,6 +103,8 @@ impl Default for RawState {
             backend: Spanned::new(0..0, "embedded".into()),
             path: "data/state".into(),
             url: None,
+            ca_file: None,
+            client_cert: None,
         }
     }
 }

@@ -40,6 +40,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
     let identity = identity(&raw.identity, &mut d);
     let login = raw.login.as_ref().and_then(|l| login(l, path, &mut d));
     let redis_url = state_backend(&raw.state, &raw.keys, &mut d);
+    let redis_tls = redis_tls(&raw.state, redis_url.as_deref(), path, &mut d);
     if raw
         .tokens
         .session_max
@@ -61,6 +62,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
         state: StateConfig {
             path: resolve_against(path, &raw.state.path),
             redis_url,
+            redis_tls: redis_tls.unwrap_or_default(),
         },
         tokens: TokensConfig {
             issuer: t.issuer.clone(),
@@ -175,6 +177,62 @@ fn state_backend(
             None
         }
     }
+}
+
+/// `[state] ca_file` and `client_cert`, for a `rediss://` URL only.
+fn redis_tls(
+    state: &super::raw::RawState,
+    url: Option<&str>,
+    path: &Path,
+    d: &mut Diags<'_>,
+) -> Option<RedisTls> {
+    let rediss = url.is_some_and(|u| u.starts_with("rediss://"));
+    if !rediss {
+        for span in [
+            state.ca_file.as_ref().map(|c| c.span()),
+            state.client_cert.as_ref().map(|c| c.span()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            d.at(
+                Some(&span),
+                "[state] ca_file and client_cert are for a rediss:// url",
+            );
+        }
+        return None;
+    }
+    let ca_pem = match &state.ca_file {
+        None => None,
+        Some(ca) => {
+            let pem = read_file(ca, path, d)?;
+            if let Err(e) = client_tls::roots_from_pem(&pem) {
+                d.at(Some(&ca.span()), format!("ca_file: {e}"));
+                return None;
+            }
+            Some(pem)
+        }
+    };
+    let client = match &state.client_cert {
+        None => None,
+        Some(c) => {
+            let files = c.get_ref();
+            let cert = read_file(&files.cert, path, d);
+            let key = read_file(&files.key, path, d);
+            let (cert, key) = (cert?, key?);
+            // The same checks as an upstream's: rustls parses both again.
+            let checked = client_tls::ClientCert::from_pem(&cert, &key).and_then(|parsed| {
+                let roots = tokio_rustls::rustls::RootCertStore::empty();
+                client_tls::config(roots, Some(parsed))
+            });
+            if let Err(e) = checked {
+                d.at(Some(&c.span()), format!("client_cert {e}"));
+                return None;
+            }
+            Some((cert, key))
+        }
+    };
+    Some(RedisTls { ca_pem, client })
 }
 
 fn verify_url(url: &Spanned<String>, d: &mut Diags<'_>) -> Option<Credentials> {

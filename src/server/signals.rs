@@ -53,7 +53,10 @@ async fn reload(shared: &Shared, path: &std::path::Path) {
                 tracing::warn!("SIGHUP: [server] listen changed; it takes effect on restart");
             }
             let (new_state, old_state) = (&snap.config.state, &old.config.state);
-            if (&new_state.path, &new_state.redis_url) != (&old_state.path, &old_state.redis_url) {
+            let state = |s: &'_ crate::config::StateConfig| {
+                (s.path.clone(), s.redis_url.clone(), s.redis_tls.clone())
+            };
+            if state(new_state) != state(old_state) {
                 tracing::warn!("SIGHUP: [state] changed; it takes effect on restart");
             }
             if snap.tls.is_some() != old.tls.is_some() {

@@ -1,5 +1,6 @@
 //! The shared [`Store`]: Redis (`[state] backend = "redis"`; `redis://`,
-//! `rediss://` over TLS with the system's roots, or `redis+unix://`), for several
+//! `rediss://` over TLS with the system's roots or `[state] ca_file`, and a
+//! `client_cert` when Redis asks for one, or `redis+unix://`), for several
 //! gateway instances that must see one another's logins, rotations and
 //! revocations.
 //!
@@ -27,6 +28,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
 
 use super::{Family, Revocation, RotateRequest, Rotation, Store, StoreError, StoreFuture};
+use crate::config::RedisTls;
 
 /// Every key starts with this.
 const PREFIX: &str = "gatehouse:";
@@ -139,8 +141,23 @@ impl RedisStore {
     ///
     /// # Errors
     /// A URL the client cannot use, or no answer from Redis.
-    pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(fail("redis url"))?;
+    pub async fn connect(url: &str, tls: &RedisTls) -> Result<RedisStore, StoreError> {
+        let client = if *tls == RedisTls::default() {
+            redis::Client::open(url)
+        } else {
+            let certs = redis::TlsCertificates {
+                client_tls: tls
+                    .client
+                    .as_ref()
+                    .map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.clone(),
+                    }),
+                root_cert: tls.ca_pem.clone(),
+            };
+            redis::Client::build_with_tls(url, certs)
+        }
+        .map_err(fail("redis url"))?;
         // A request that needs the store waits at most this for Redis (then 503).
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))

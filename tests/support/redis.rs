@@ -18,6 +18,12 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        Self::start_with(false).await
+    }
+
+    /// [`RedisServer::start`] whose TLS port requires a client certificate
+    /// issued by `tests/data/tls/client.cert.pem` (itself) when `mtls`.
+    pub async fn start_with(mtls: bool) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         // Both held until both are known, so they differ.
         let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -31,12 +37,10 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(dir.path().join("redis.sock"))
-            .args([
-                "--tls-port",
-                &tls_port.to_string(),
-                "--tls-auth-clients",
-                "no",
-            ])
+            .args(["--tls-port", &tls_port.to_string()])
+            .args(["--tls-auth-clients", if mtls { "yes" } else { "no" }])
+            .arg("--tls-ca-cert-file")
+            .arg(certs.join("client.cert.pem"))
             .arg("--tls-cert-file")
             .arg(certs.join("a.cert.pem"))
             .arg("--tls-key-file")
