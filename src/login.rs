@@ -309,7 +309,12 @@ async fn remote(
             return Outcome::Unavailable;
         }
     };
-    match rsp.status() {
+    // Read whatever the status: a connection whose answer was read to the
+    // end goes back to the pool, so failed logins reuse it too.
+    let status = rsp.status();
+    let body = Limited::new(rsp.into_body(), MAX_VERIFY_BODY);
+    let read = tokio::time::timeout(WAIT, body.collect()).await;
+    match status {
         StatusCode::OK => {}
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Outcome::Invalid,
         status => {
@@ -317,8 +322,6 @@ async fn remote(
             return Outcome::Unavailable;
         }
     }
-    let body = Limited::new(rsp.into_body(), MAX_VERIFY_BODY);
-    let read = tokio::time::timeout(WAIT, body.collect()).await;
     let Ok(Ok(collected)) = read else {
         tracing::warn!("verify_url's answer could not be read");
         return Outcome::Unavailable;

@@ -225,7 +225,7 @@ pub struct Gauges {
     /// Entries in the current snapshot's verified-claims cache (moka's
     /// estimate).
     pub cache_entries: u64,
-    /// Each `http://` target of each upstream: `(upstream, target, in)`,
+    /// Each `http://` or `https://` target of each upstream: `(upstream, target, in)`,
     /// `in` while it takes requests.
     pub targets: Vec<(String, String, bool)>,
     /// Each `jwks_url` issuer: `(issuer, keys fetched, failed fetches in a

@@ -103,7 +103,9 @@ async fn health_checks_probe_https_targets_over_tls() {
     let gw = TestGateway::start(&tls_config(&targets, "a", hc)).await;
     let admin = gw.admin().await;
     let series = |port: u16| {
-        format!("gatehouse_upstream_target_up{{upstream=\"pool\",target=\"localhost:{port}\"}}")
+        format!(
+            "gatehouse_upstream_target_up{{upstream=\"pool\",target=\"https://localhost:{port}\"}}"
+        )
     };
     let settled = eventually(Duration::from_secs(10), || async {
         let text = scrape(admin).await;
@@ -231,4 +233,60 @@ async fn bad_client_certs_are_refused_at_load() {
         err.contains("client_cert needs an https:// target"),
         "{err}"
     );
+}
+
+/// `http://` and `https://` to the same host and port are two targets in
+/// `/metrics` (the TLS one named with its scheme), not one series twice.
+#[tokio::test]
+async fn plain_and_tls_targets_have_their_own_metrics_series() {
+    let targets = [
+        "http://localhost:9".to_string(),
+        "https://localhost:9".to_string(),
+    ];
+    let gw = TestGateway::start(&tls_config(&targets, "a", "")).await;
+    let text = scrape(gw.admin().await).await;
+    let series =
+        |t: &str| format!("gatehouse_upstream_target_up{{upstream=\"pool\",target=\"{t}\"}}");
+    assert_eq!(metric(&text, &series("localhost:9")), Some(1), "{text}");
+    assert_eq!(
+        metric(&text, &series("https://localhost:9")),
+        Some(1),
+        "{text}"
+    );
+}
+
+/// Without a `ca_file`, an `https://` target is checked against the
+/// system's roots: here `SSL_CERT_FILE`, through the real binary.
+#[tokio::test]
+async fn without_a_ca_file_the_systems_roots_decide() {
+    let up = TestUpstream::start_tls("127.0.0.1:0", "a").await;
+    let target = format!("https://localhost:{}", up.addr.port());
+    for (trusted, status) in [("a", 200), ("b", 502)] {
+        let dir = tempfile::tempdir().unwrap();
+        let no_dir = dir.path().join("no-roots");
+        std::fs::create_dir(&no_dir).unwrap();
+        let cert = tls_dir().join(format!("{trusted}.cert.pem"));
+        let env = [
+            ("SSL_CERT_FILE", cert.to_str().unwrap()),
+            ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
+        ];
+        let gh = support::process::Gatehouse::start_with(dir.path(), &env, |listen, admin| {
+            pool_config(std::slice::from_ref(&target), "")
+                .replace(
+                    "[server]\nadmin_listen = \"\"",
+                    &format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\""),
+                )
+                // The readiness probe's path stays a 404.
+                .replace("path_prefix = \"/\"", "path_prefix = \"/api/\"")
+        })
+        .await;
+        let r = get(&gh.url("/api/x"), &[]).await;
+        assert_eq!(
+            r.status.as_u16(),
+            status,
+            "trusting {trusted}: {}",
+            gh.log()
+        );
+    }
+    assert_eq!(up.hits(), 1);
 }

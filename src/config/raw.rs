@@ -181,6 +181,8 @@ impl Default for RawCache {
 pub struct RawLogin {
     pub users_file: Option<Spanned<String>>,
     pub verify_url: Option<Spanned<String>>,
+    /// An `https://` verify_url: PEM certificates trusted instead of the system's.
+    pub ca_file: Option<Spanned<String>>,
     #[serde(default = "default_rate_per_ip")]
     pub rate_limit_per_ip: Spanned<String>,
     #[serde(default = "default_rate_per_user")]

@@ -93,7 +93,7 @@ fn login(raw: &Spanned<RawLogin>, path: &Path, d: &mut Diags<'_>) -> Option<Logi
             path,
             file.get_ref(),
         ))),
-        (None, Some(url)) => verify_url(url, d),
+        (None, Some(url)) => verify_url(url, l.ca_file.as_ref(), path, d),
         (Some(_), Some(url)) => {
             d.at(
                 Some(&url.span()),
@@ -109,6 +109,14 @@ fn login(raw: &Spanned<RawLogin>, path: &Path, d: &mut Diags<'_>) -> Option<Logi
             None
         }
     };
+    if let (Some(ca), false) = (
+        &l.ca_file,
+        l.verify_url
+            .as_ref()
+            .is_some_and(|u| u.get_ref().starts_with("https://")),
+    ) {
+        d.at(Some(&ca.span()), "ca_file needs an https:// verify_url");
+    }
     let mut rate = |r: &Spanned<String>| match Rate::parse(r.get_ref()) {
         Ok(rate) => Some(rate),
         Err(e) => {
@@ -235,7 +243,12 @@ fn redis_tls(
     Some(RedisTls { ca_pem, client })
 }
 
-fn verify_url(url: &Spanned<String>, d: &mut Diags<'_>) -> Option<Credentials> {
+fn verify_url(
+    url: &Spanned<String>,
+    ca_file: Option<&Spanned<String>>,
+    path: &Path,
+    d: &mut Diags<'_>,
+) -> Option<Credentials> {
     let s = url.get_ref();
     let why = match s.parse::<http::Uri>() {
         Ok(uri)
@@ -244,7 +257,20 @@ fn verify_url(url: &Spanned<String>, d: &mut Diags<'_>) -> Option<Credentials> {
             if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
                 "must not carry credentials".to_string()
             } else {
-                match crate::proxy::pool::Dial::for_url(&uri) {
+                let roots = match ca_file {
+                    None => None,
+                    Some(ca) => {
+                        let pem = read_file(ca, path, d)?;
+                        match client_tls::roots_from_pem(&pem) {
+                            Ok(roots) => Some(roots),
+                            Err(e) => {
+                                d.at(Some(&ca.span()), format!("ca_file: {e}"));
+                                return None;
+                            }
+                        }
+                    }
+                };
+                match crate::proxy::pool::Dial::for_url(&uri, roots) {
                     Ok(dial) => return Some(Credentials::VerifyUrl { uri, dial }),
                     Err(e) => e,
                 }

@@ -75,19 +75,19 @@ pub async fn forward(
         // body the client stopped sending: the client's fault, whichever
         // of the two timers fired first.
         Err(_elapsed) if client_body.is_some_and(BodyState::waiting_on_client) => {
-            tracing::debug!(target = %authority, "the client's request body stalled");
+            tracing::debug!(target = %pool.dial(), "the client's request body stalled");
             return Err(GatewayError::RequestTimeout);
         }
         Err(_elapsed) => {
-            tracing::warn!(upstream = %upstream.name, target = %authority, "upstream timed out");
+            tracing::warn!(upstream = %upstream.name, target = %pool.dial(), "upstream timed out");
             return Err(GatewayError::UpstreamTimeout);
         }
         Ok(Err(Failed::Exchange(e))) if let Some(blame) = client_body_failed(&e) => {
-            tracing::debug!(target = %authority, error = %e, "the client's request body failed");
+            tracing::debug!(target = %pool.dial(), error = %e, "the client's request body failed");
             return Err(blame);
         }
         Ok(Err(e)) => {
-            tracing::warn!(upstream = %upstream.name, target = %authority, error = %e, "upstream request failed");
+            tracing::warn!(upstream = %upstream.name, target = %pool.dial(), error = %e, "upstream request failed");
             return Err(match e {
                 Failed::Connect(ConnectError::TimedOut) => GatewayError::UpstreamTimeout,
                 Failed::Connect(_) => {

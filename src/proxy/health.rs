@@ -111,11 +111,11 @@ async fn watch(probe: Probe, id: u64, down: Weak<Down>) {
         match streak.record(outcome.is_ok(), down.is_down()) {
             Some(true) if down.record(id, true) => {
                 let why = outcome.err().unwrap_or_default();
-                tracing::warn!(upstream = %probe.upstream, target = %probe.dial.authority(), %why,
+                tracing::warn!(upstream = %probe.upstream, target = %probe.dial, %why,
                     "health check failed {FALL} times: target taken out");
             }
             Some(false) if down.record(id, false) => {
-                tracing::info!(upstream = %probe.upstream, target = %probe.dial.authority(),
+                tracing::info!(upstream = %probe.upstream, target = %probe.dial,
                     "health check passed {RISE} times: target back in");
             }
             _ => {}

@@ -34,8 +34,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::body::{Body, BoxError};
 use crate::client_tls;
@@ -98,6 +98,18 @@ impl std::fmt::Debug for Dial {
     }
 }
 
+/// The target as `/metrics` and the log name it: `host:port` for plain
+/// HTTP (as before `https://` targets existed), `https://host:port` for TLS,
+/// so that the two never share a name.
+impl std::fmt::Display for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tls.is_some() {
+            f.write_str("https://")?;
+        }
+        f.write_str(self.authority.as_str())
+    }
+}
+
 impl Dial {
     /// Plain TCP to `authority` (port 80 unless it names one).
     pub fn plain(authority: Authority) -> Dial {
@@ -117,19 +129,22 @@ impl Dial {
     }
 
     /// To the server of an `http://` or `https://` URL; for `https://`, the
-    /// server checked against the system's roots, read now.
+    /// server checked against `roots`, or without them the system's, read now.
     ///
     /// # Errors
     /// The URL has no host, its host is no name TLS can check, or the system
     /// has no trusted roots.
-    pub fn for_url(url: &http::Uri) -> Result<Dial, String> {
+    pub fn for_url(url: &http::Uri, roots: Option<RootCertStore>) -> Result<Dial, String> {
         let authority = url.authority().ok_or("the URL has no host")?.clone();
         if url.scheme_str() != Some("https") {
             return Ok(Dial::plain(authority));
         }
         let name = server_name(&authority)?;
-        let config = client_tls::config(client_tls::system_roots()?, None)?;
-        Ok(Dial::tls(authority, config, name))
+        let roots = match roots {
+            Some(roots) => roots,
+            None => client_tls::system_roots()?,
+        };
+        Ok(Dial::tls(authority, client_tls::config(roots, None)?, name))
     }
 
     pub fn authority(&self) -> &Authority {

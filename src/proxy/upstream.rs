@@ -143,10 +143,7 @@ impl Upstream {
         self.targets.iter().filter_map(move |t| {
             let pool = t.pool.as_ref()?;
             let ejected = t.ejected_until.load(Ordering::Relaxed) > now;
-            Some((
-                pool.dial().authority().to_string(),
-                !ejected && !t.down.is_down(),
-            ))
+            Some((pool.dial().to_string(), !ejected && !t.down.is_down()))
         })
     }
 

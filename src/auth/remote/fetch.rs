@@ -38,7 +38,7 @@ pub async fn get(url: &Uri) -> Result<Bytes, String> {
 async fn fetch(url: &Uri) -> Result<Bytes, String> {
     let authority = url.authority().ok_or("the URL has no host")?;
     // Read at each fetch: a CA bundle installed later is used.
-    let dial = Dial::for_url(url)?;
+    let dial = Dial::for_url(url, None)?;
     // The same connections as the proxy's upstreams: no client of its own
     // (a second kind of hyper client connection beside the pool's made the
     // compiler stop inlining hyper's head parser and encoder into the
