@@ -87,7 +87,8 @@ impl ClientCert {
 }
 
 /// A client configuration trusting `roots`, presenting `client` when the
-/// server asks for a certificate.
+/// server asks for a certificate, and offering HTTP/2 (ALPN `h2`) when
+/// `http2`, else HTTP/1.1.
 ///
 /// # Errors
 /// rustls cannot use the client key, or it does not belong to the
@@ -95,6 +96,7 @@ impl ClientCert {
 pub fn config(
     roots: RootCertStore,
     client: Option<ClientCert>,
+    http2: bool,
 ) -> Result<Arc<ClientConfig>, String> {
     let builder = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
@@ -111,8 +113,10 @@ pub fn config(
                 e => format!("key: {e}"),
             })?,
     };
-    // The connections speak HTTP/1.1 (hyper's http1 client).
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Only what the connection will speak: a server that cannot is refused
+    // at the handshake, not misread after it.
+    let alpn: &[u8] = if http2 { b"h2" } else { b"http/1.1" };
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

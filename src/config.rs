@@ -21,7 +21,7 @@ use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 pub use diag::{Diag, Loc};
-pub use raw::{AuthMode, LogFormat};
+pub use raw::{AuthMode, LogFormat, Protocol};
 pub use units::parse_duration;
 
 pub use crate::login::ratelimit::Rate;
@@ -237,6 +237,8 @@ pub struct UpstreamSpec {
     /// sends the target's, as Kong's `preserve_host = false` and nginx's
     /// `proxy_pass` do.
     pub preserve_host: bool,
+    /// HTTP/1.1 or HTTP/2 to the targets.
+    pub protocol: Protocol,
 }
 
 /// An upstream's active health check: `GET path` on each target every

@@ -140,9 +140,20 @@ async fn handle_inner<'s>(
     // Read before the hop-by-hop headers go: they carry the upgrade request.
     let upgrade = seen.is_upgrade(req.headers());
     let caller = ctx.caller.as_deref();
-    rewrite_headers(&mut req, host, seen, snap, peer, caller, upgrade);
-
     let upstream = &snap.upstreams[route.upstream];
+    // `TE: trailers` (gRPC clients send it; HTTP/2 allows only that TE) is
+    // hop-by-hop, but an HTTP/2 upstream may want to know.
+    let te_trailers = upstream.http2
+        && req
+            .headers()
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    rewrite_headers(&mut req, host, seen, snap, peer, caller, upgrade);
+    if te_trailers {
+        req.headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+
     let (index, _) = upstream.pick();
     let Some(pool) = upstream.pool(index) else {
         return Ok(echo::respond(&req, &route.upstream_path(req.uri().path())));

@@ -241,6 +241,8 @@ pub struct RawUpstream {
     /// `false`: the target's host and port as `Host`, not the client's.
     #[serde(default = "default_true")]
     pub preserve_host: bool,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// `health_check = { path = "/healthz", interval = "5s" }`.
@@ -266,6 +268,16 @@ fn default_connect_timeout() -> Dur {
 
 fn default_upstream_timeout() -> Dur {
     Dur::secs(30)
+}
+
+/// What an upstream's targets speak: `protocol = "http1"` (the default) or
+/// `"http2"` (h2c for `http://` targets, h2 by ALPN for `https://`: gRPC).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    Http2,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

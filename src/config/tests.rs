@@ -301,3 +301,21 @@ fn verify_url_may_be_https() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn upstreams_speak_http1_or_http2() {
+    let upstream = |extra: &str| {
+        format!(
+            "[[upstreams]]\nname = \"api\"\ntargets = [\"http://127.0.0.1:50051\"]\n{extra}\n\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\nauth = \"none\"\n"
+        )
+    };
+    assert_eq!(
+        check(&upstream("")).unwrap().upstreams[0].protocol,
+        Protocol::Http1
+    );
+    let c = check(&upstream("protocol = \"http2\"")).unwrap();
+    assert_eq!(c.upstreams[0].protocol, Protocol::Http2);
+    let errs = check(&upstream("protocol = \"grpc\"")).unwrap_err();
+    assert!(errs[0].contains("unknown variant `grpc`"), "{errs:?}");
+}

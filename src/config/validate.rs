@@ -231,7 +231,7 @@ fn redis_tls(
             // The same checks as an upstream's: rustls parses both again.
             let checked = client_tls::ClientCert::from_pem(&cert, &key).and_then(|parsed| {
                 let roots = tokio_rustls::rustls::RootCertStore::empty();
-                client_tls::config(roots, Some(parsed))
+                client_tls::config(roots, Some(parsed), false)
             });
             if let Err(e) = checked {
                 d.at(Some(&c.span()), format!("client_cert {e}"));
@@ -670,6 +670,7 @@ fn upstreams(raw: &[Spanned<RawUpstream>], path: &Path, d: &mut Diags<'_>) -> Ve
             health_check,
             tls,
             preserve_host: u.preserve_host,
+            protocol: u.protocol,
         });
     }
     out
@@ -724,7 +725,7 @@ fn upstream_tls(
             }
         }
     };
-    match client_tls::config(roots?, client?) {
+    match client_tls::config(roots?, client?, u.protocol == Protocol::Http2) {
         Ok(config) => Some(config),
         Err(e) => {
             let at = u.client_cert.as_ref().map(|c| c.span());

@@ -14,7 +14,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use super::headers::strip_hop_by_hop;
-use super::pool::{ConnectError, Pool, Pooled};
+use super::pool::{ConnectError, H2Body, Pool, Pooled};
 use super::upstream::Upstream;
 use crate::body::{self, Body, BodyState};
 use crate::error::GatewayError;
@@ -51,6 +51,11 @@ pub async fn forward(
     timer: &Arc<SleepSlot>,
     client_body: Option<&BodyState>,
 ) -> Result<Response<Body>, GatewayError> {
+    if pool.dial().is_http2() {
+        // Boxed: its future would otherwise widen every HTTP/1.1 request's.
+        let h2 = forward_h2(req, upstream, target_index, pool, path_and_query);
+        return Box::pin(h2.run(timer, client_body)).await;
+    }
     let authority = pool.dial().authority();
     // HTTP/1.1 upstreams get the origin form and a Host: the client's
     // (HTTP/2 clients send :authority, not Host), or the target's.
@@ -70,38 +75,7 @@ pub async fn forward(
             send(req, pool, upstream.connect_timeout, began.into_std()),
         )
         .await;
-    let (mut rsp, sender) = match sent {
-        // The upstream had no answer in time, but it was waiting for a
-        // body the client stopped sending: the client's fault, whichever
-        // of the two timers fired first.
-        Err(_elapsed) if client_body.is_some_and(BodyState::waiting_on_client) => {
-            tracing::debug!(target = %pool.dial(), "the client's request body stalled");
-            return Err(GatewayError::RequestTimeout);
-        }
-        Err(_elapsed) => {
-            tracing::warn!(upstream = %upstream.name, target = %pool.dial(), "upstream timed out");
-            return Err(GatewayError::UpstreamTimeout);
-        }
-        Ok(Err(Failed::Exchange(e))) if let Some(blame) = client_body_failed(&e) => {
-            tracing::debug!(target = %pool.dial(), error = %e, "the client's request body failed");
-            return Err(blame);
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(upstream = %upstream.name, target = %pool.dial(), error = %e, "upstream request failed");
-            return Err(match e {
-                Failed::Connect(ConnectError::TimedOut) => GatewayError::UpstreamTimeout,
-                Failed::Connect(_) => {
-                    upstream.eject(target_index);
-                    GatewayError::UpstreamConnect
-                }
-                Failed::Exchange(_) => GatewayError::UpstreamConnect,
-            });
-        }
-        Ok(Ok(pair)) => {
-            upstream.latency.observe(began.elapsed());
-            pair
-        }
-    };
+    let (mut rsp, sender) = settle(sent, upstream, target_index, pool, client_body, began)?;
 
     let upgraded = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(downstream)) = (upgraded, downstream_upgrade) {
@@ -116,6 +90,144 @@ pub async fn forward(
     }
     let pool = Arc::clone(pool);
     Ok(rsp.map(|b| Body::new(Pooled::new(b, sender, pool))))
+}
+
+/// What became of an exchange with target `target_index` of `upstream`
+/// that began at `began`: its answer, or the error the client gets (each
+/// logged, a refused connection also ejecting the target).
+///
+/// # Errors
+/// See [`forward`].
+fn settle<T>(
+    sent: Result<Result<T, Failed>, crate::timer::Elapsed>,
+    upstream: &Upstream,
+    target_index: usize,
+    pool: &Pool,
+    client_body: Option<&BodyState>,
+    began: tokio::time::Instant,
+) -> Result<T, GatewayError> {
+    match sent {
+        // The upstream had no answer in time, but it was waiting for a
+        // body the client stopped sending: the client's fault, whichever
+        // of the two timers fired first.
+        Err(_elapsed) if client_body.is_some_and(BodyState::waiting_on_client) => {
+            tracing::debug!(target = %pool.dial(), "the client's request body stalled");
+            Err(GatewayError::RequestTimeout)
+        }
+        Err(_elapsed) => {
+            tracing::warn!(upstream = %upstream.name, target = %pool.dial(), "upstream timed out");
+            Err(GatewayError::UpstreamTimeout)
+        }
+        Ok(Err(Failed::Exchange(e))) if let Some(blame) = client_body_failed(&e) => {
+            tracing::debug!(target = %pool.dial(), error = %e, "the client's request body failed");
+            Err(blame)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %upstream.name, target = %pool.dial(), error = %e, "upstream request failed");
+            Err(match e {
+                Failed::Connect(ConnectError::TimedOut) => GatewayError::UpstreamTimeout,
+                Failed::Connect(_) => {
+                    upstream.eject(target_index);
+                    GatewayError::UpstreamConnect
+                }
+                Failed::Exchange(_) => GatewayError::UpstreamConnect,
+            })
+        }
+        Ok(Ok(answer)) => {
+            upstream.latency.observe(began.elapsed());
+            Ok(answer)
+        }
+    }
+}
+
+/// An exchange with a `protocol = "http2"` target, built by [`forward_h2`]
+/// and run by [`H2Exchange::run`].
+struct H2Exchange<'a> {
+    req: Request<Body>,
+    upstream: &'a Upstream,
+    target_index: usize,
+    pool: &'a Pool,
+}
+
+/// [`forward`] to an HTTP/2 target (gRPC): the request becomes a stream of
+/// the target's shared connection, with `:scheme` the target's and
+/// `:authority` what `Host` would be for HTTP/1.1. No upgrades: HTTP/2 has
+/// none, so the request goes as a plain one (its upgrade headers dropped).
+fn forward_h2<'a>(
+    mut req: Request<Body>,
+    upstream: &'a Upstream,
+    target_index: usize,
+    pool: &'a Pool,
+    path_and_query: PathAndQuery,
+) -> H2Exchange<'a> {
+    let headers = req.headers_mut();
+    let client_host = headers.remove(header::HOST);
+    headers.remove(header::CONNECTION);
+    headers.remove(header::UPGRADE);
+    let dial = pool.dial();
+    let authority = client_host
+        .filter(|_| upstream.preserve_host)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| dial.authority().clone());
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(dial.scheme());
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(path_and_query);
+    *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
+    *req.version_mut() = http::Version::HTTP_2;
+    H2Exchange {
+        req,
+        upstream,
+        target_index,
+        pool,
+    }
+}
+
+impl H2Exchange<'_> {
+    async fn run(
+        self,
+        timer: &Arc<SleepSlot>,
+        client_body: Option<&BodyState>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let H2Exchange {
+            req,
+            upstream,
+            target_index,
+            pool,
+        } = self;
+        let began = tokio::time::Instant::now();
+        let exchange = send_h2(req, pool, upstream.connect_timeout);
+        let sent = timer.within(began + upstream.timeout, exchange).await;
+        let mut rsp = settle(sent, upstream, target_index, pool, client_body, began)?;
+        strip_hop_by_hop(rsp.headers_mut(), false);
+        // The body's frames, trailers (gRPC's status) included, as they come.
+        Ok(rsp.map(body::stream::<Incoming>))
+    }
+}
+
+/// Sends `req` as a stream of the target's shared HTTP/2 connection. One
+/// that turned it away unsent (closing, a GOAWAY) gets it again on a new one.
+async fn send_h2(
+    req: Request<Body>,
+    pool: &Pool,
+    connect_timeout: std::time::Duration,
+) -> Result<Response<Incoming>, Failed> {
+    let mut sender = pool
+        .shared(connect_timeout, false)
+        .await
+        .map_err(Failed::Connect)?;
+    let mut err = match sender.try_send_request(req.map(H2Body)).await {
+        Ok(rsp) => return Ok(rsp),
+        Err(e) => e,
+    };
+    let Some(req) = err.take_message() else {
+        return Err(Failed::Exchange(err.into_error()));
+    };
+    let mut sender = pool
+        .shared(connect_timeout, true)
+        .await
+        .map_err(Failed::Connect)?;
+    sender.send_request(req).await.map_err(Failed::Exchange)
 }
 
 /// The client's fault, not the upstream's: the request body failed on its

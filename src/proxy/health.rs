@@ -26,7 +26,7 @@ use std::time::Duration;
 use http::{Request, StatusCode, header};
 use tokio::time::MissedTickBehavior;
 
-use super::pool::Dial;
+use super::pool::{ConnectError, Dial, H2Body};
 use crate::body;
 use crate::config::HealthCheck;
 
@@ -149,19 +149,34 @@ impl Streak {
 async fn probe_once(p: &Probe) -> Result<(), String> {
     let limit = p.check.interval.min(p.timeout);
     let exchange = async {
-        let mut sender = p
-            .dial
-            .connect(p.connect_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
         let req = Request::get(p.check.path.as_str())
-            .header(header::HOST, p.dial.authority().as_str())
-            .header(header::USER_AGENT, "gatehouse-health-check")
-            .header(header::CONNECTION, "close")
-            .body(body::empty())
-            .map_err(|e| e.to_string())?;
-        let rsp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        Ok::<StatusCode, String>(rsp.status())
+            .header(header::USER_AGENT, "gatehouse-health-check");
+        let connect = |e: ConnectError| e.to_string();
+        let rsp = if p.dial.is_http2() {
+            // HTTP/2 has no `Connection` header; the connection ends with the probe.
+            let uri = http::Uri::builder()
+                .scheme(p.dial.scheme())
+                .authority(p.dial.authority().clone())
+                .path_and_query(p.check.path.clone())
+                .build()
+                .map_err(|e| e.to_string())?;
+            let req = req.uri(uri).version(http::Version::HTTP_2);
+            let req = req.body(H2Body(body::empty())).map_err(|e| e.to_string())?;
+            let mut sender = p
+                .dial
+                .connect_h2(p.connect_timeout)
+                .await
+                .map_err(connect)?;
+            sender.send_request(req).await
+        } else {
+            let req = req
+                .header(header::HOST, p.dial.authority().as_str())
+                .header(header::CONNECTION, "close");
+            let req = req.body(body::empty()).map_err(|e| e.to_string())?;
+            let mut sender = p.dial.connect(p.connect_timeout).await.map_err(connect)?;
+            sender.send_request(req).await
+        };
+        Ok::<StatusCode, String>(rsp.map_err(|e| e.to_string())?.status())
     };
     match tokio::time::timeout(limit, exchange).await {
         Err(_) => Err(format!("no answer within {limit:?}")),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::health::{self, Down};
 use super::pool::{Dial, Pool};
-use crate::config::{HealthCheck, Target, UpstreamSpec};
+use crate::config::{HealthCheck, Protocol, Target, UpstreamSpec};
 use crate::metrics::Histogram;
 
 /// How long a target whose connection failed is skipped.
@@ -23,6 +23,8 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Send the client's `Host` (else the target's).
     pub preserve_host: bool,
+    /// `protocol = "http2"`: one shared HTTP/2 connection per target.
+    pub http2: bool,
     /// The clock the ejection deadlines count from.
     epoch: Instant,
     health_check: Option<HealthCheck>,
@@ -61,6 +63,7 @@ impl Upstream {
             connect_timeout: spec.connect_timeout,
             timeout: spec.timeout,
             preserve_host: spec.preserve_host,
+            http2: spec.protocol == Protocol::Http2,
             epoch: Instant::now(),
             health_check: spec.health_check.clone(),
             retired: Arc::default(),
@@ -163,7 +166,7 @@ impl Upstream {
 
 /// How to connect to `target`; `None` for `builtin:echo`.
 fn dial(target: &Target, spec: &UpstreamSpec) -> Option<Dial> {
-    match target {
+    let dial = match target {
         Target::Echo => None,
         Target::Http {
             authority,
@@ -179,6 +182,10 @@ fn dial(target: &Target, spec: &UpstreamSpec) -> Option<Dial> {
                 .expect("an https:// target's upstream has TLS settings");
             Some(Dial::tls(authority.clone(), config, name.clone()))
         }
+    };
+    match spec.protocol {
+        Protocol::Http1 => dial,
+        Protocol::Http2 => dial.map(Dial::http2),
     }
 }
 
@@ -200,6 +207,7 @@ mod tests {
             health_check: None,
             tls: None,
             preserve_host: true,
+            protocol: Protocol::Http1,
         })
     }
 

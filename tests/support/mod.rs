@@ -523,7 +523,7 @@ async fn upstream_respond(req: Request<Incoming>) -> Result<Response<UpBody>, In
     })))
 }
 
-fn tokio_stream_from<T: Send + 'static>(
+pub fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_core_stream::Stream<Item = T> {
     futures_core_stream::from_fn(move |cx| rx.poll_recv(cx))
