@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -59,9 +59,34 @@ pub struct Deadline<B> {
 #[derive(Default)]
 pub struct BodyState {
     waiting_on_client: AtomicBool,
+    /// The body failed on the client's side: [`TIMED_OUT`] or [`BROKE`].
+    failed: AtomicU8,
+}
+
+const TIMED_OUT: u8 = 1;
+const BROKE: u8 = 2;
+
+/// How a request body failed on the client's side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFailure {
+    /// Not within `request_timeout` (408).
+    TimedOut,
+    /// Cut off or badly framed (400).
+    Broke,
 }
 
 impl BodyState {
+    /// Set once the body has failed on the client's side. An HTTP/2
+    /// upstream's error does not carry the body's own (hyper resets the
+    /// stream), so the exchange's outcome is judged by this too.
+    pub fn client_failure(&self) -> Option<ClientFailure> {
+        match self.failed.load(Ordering::Relaxed) {
+            TIMED_OUT => Some(ClientFailure::TimedOut),
+            BROKE => Some(ClientFailure::Broke),
+            _ => None,
+        }
+    }
+
     /// The body is stuck on the client: it was asked for more and the
     /// client has not sent it. When the upstream times out meanwhile, the
     /// client is the one to blame (408, not 504).
@@ -112,6 +137,9 @@ where
                 this.left = this.left.saturating_sub(since.elapsed());
                 this.state.waiting_on_client.store(false, Ordering::Relaxed);
             }
+            if let Some(Err(_)) = &frame {
+                this.state.failed.store(BROKE, Ordering::Relaxed);
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         if this.since.is_none() {
@@ -126,7 +154,10 @@ where
         }
         let sleep = this.sleep.as_mut().expect("armed while waiting");
         match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout.into()))),
+            Poll::Ready(()) => {
+                this.state.failed.store(TIMED_OUT, Ordering::Relaxed);
+                Poll::Ready(Some(Err(BodyTimeout.into())))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

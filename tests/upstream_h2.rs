@@ -31,10 +31,11 @@ struct H2Upstream {
 
 impl H2Upstream {
     async fn start(tls: bool) -> H2Upstream {
-        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), tls)
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), tls, None)
     }
 
-    fn start_on(listener: TcpListener, tls: bool) -> H2Upstream {
+    /// On `listener`; at most `max_streams` concurrent streams per connection.
+    fn start_on(listener: TcpListener, tls: bool, max_streams: Option<u32>) -> H2Upstream {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&connections);
@@ -49,7 +50,8 @@ impl H2Upstream {
                 count.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 conns.spawn(async move {
-                    let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    let mut server = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    server.max_concurrent_streams(max_streams);
                     let svc = service_fn(answer);
                     match acceptor {
                         None => {
@@ -84,7 +86,13 @@ impl Drop for H2Upstream {
 
 type AnswerBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
+/// `/upload` reads the whole request body first.
 async fn answer(req: Request<Incoming>) -> Result<Response<AnswerBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    if parts.uri.path() == "/upload" {
+        let _ = body.collect().await;
+    }
+    let req = Request::from_parts(parts, ());
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -213,7 +221,7 @@ async fn a_lost_connection_is_opened_again() {
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     };
-    let up = H2Upstream::start_on(listener, false);
+    let up = H2Upstream::start_on(listener, false, None);
     let back = eventually(Duration::from_secs(5), || async {
         get(&gw.url("/b"), &[]).await.status == 200
     });
@@ -256,4 +264,115 @@ async fn futures_join<T: Send + 'static>(
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// A burst on a cold connection to a server that takes one stream at a
+/// time is served whole: requests wait for a stream, none is refused.
+#[tokio::test]
+async fn a_burst_waits_for_streams_of_a_server_that_takes_one_at_a_time() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = H2Upstream::start_on(listener, false, Some(1));
+    let gw = TestGateway::start(&h2_config(&[format!("http://{}", up.addr)], "")).await;
+    let requests = (0..10).map(|i| {
+        let url = gw.url(&format!("/svc/{i}"));
+        tokio::spawn(async move { get(&url, &[]).await.status })
+    });
+    let statuses = futures_join(requests).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(up.connections(), 1);
+}
+
+/// A request body the client stops sending is the client's fault with an
+/// HTTP/2 upstream too: 408, not 502.
+#[tokio::test]
+async fn a_stalled_request_body_is_a_408() {
+    let up = H2Upstream::start(false).await;
+    let config = h2_config(&[format!("http://{}", up.addr)], "")
+        .replace("[server]\n", "[server]\nrequest_timeout = \"1s\"\n");
+    let gw = TestGateway::start(&config).await;
+    let reply = raw(
+        gw.addr,
+        b"POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+}
+
+/// A connection that stops answering without closing (a peer gone, NAT
+/// state lost): the request on it times out (504), and the next one gets
+/// a new connection rather than the dead one.
+#[tokio::test]
+async fn a_connection_that_stops_answering_is_replaced() {
+    let up = H2Upstream::start(false).await;
+    let relay = Blackhole::start(up.addr).await;
+    let config = h2_config(&[format!("http://{}", relay.addr)], "timeout = \"500ms\"");
+    let gw = TestGateway::start(&config).await;
+    assert_eq!(get(&gw.url("/a"), &[]).await.status, 200);
+    relay.swallow_open_connections();
+    assert_eq!(get(&gw.url("/b"), &[]).await.status, 504);
+    assert_eq!(get(&gw.url("/c"), &[]).await.status, 200);
+    assert_eq!(up.connections(), 2);
+}
+
+/// Relays connections to `target`; connections open when
+/// [`Blackhole::swallow_open_connections`] is called stop passing bytes
+/// (both ways) but stay open.
+struct Blackhole {
+    addr: SocketAddr,
+    opened: Arc<AtomicUsize>,
+    swallow_upto: Arc<AtomicUsize>,
+}
+
+impl Blackhole {
+    async fn start(target: SocketAddr) -> Blackhole {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let opened = Arc::new(AtomicUsize::new(0));
+        let swallow_upto = Arc::new(AtomicUsize::new(0));
+        let (o, w) = (Arc::clone(&opened), Arc::clone(&swallow_upto));
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let id = o.fetch_add(1, Ordering::SeqCst) + 1;
+                let Ok(up) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pump(dr, uw, id, Arc::clone(&w)));
+                tokio::spawn(pump(ur, dw, id, Arc::clone(&w)));
+            }
+        });
+        Blackhole {
+            addr,
+            opened,
+            swallow_upto,
+        }
+    }
+
+    fn swallow_open_connections(&self) {
+        let open = self.opened.load(Ordering::SeqCst);
+        self.swallow_upto.store(open, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    id: usize,
+    swallow_upto: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if id <= swallow_upto.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }

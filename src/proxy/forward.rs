@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::headers::strip_hop_by_hop;
 use super::pool::{ConnectError, H2Body, Pool, Pooled};
 use super::upstream::Upstream;
-use crate::body::{self, Body, BodyState};
+use crate::body::{self, Body, BodyState, ClientFailure};
 use crate::error::GatewayError;
 use crate::timer::SleepSlot;
 
@@ -118,7 +118,12 @@ fn settle<T>(
             tracing::warn!(upstream = %upstream.name, target = %pool.dial(), "upstream timed out");
             Err(GatewayError::UpstreamTimeout)
         }
-        Ok(Err(Failed::Exchange(e))) if let Some(blame) = client_body_failed(&e) => {
+        Ok(Err(Failed::Exchange(e)))
+            if let Some(blame) = client_body
+                .and_then(BodyState::client_failure)
+                .map(blame)
+                .or_else(|| client_body_failed(&e)) =>
+        {
             tracing::debug!(target = %pool.dial(), error = %e, "the client's request body failed");
             Err(blame)
         }
@@ -168,6 +173,8 @@ fn forward_h2<'a>(
     let authority = client_host
         .filter(|_| upstream.preserve_host)
         .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        // HTTP/2 forbids userinfo in :authority.
+        .filter(|a| !a.as_str().contains('@'))
         .unwrap_or_else(|| dial.authority().clone());
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(dial.scheme());
@@ -196,8 +203,15 @@ impl H2Exchange<'_> {
             pool,
         } = self;
         let began = tokio::time::Instant::now();
-        let exchange = send_h2(req, pool, upstream.connect_timeout);
+        let mut number = None;
+        let exchange = send_h2(req, pool, upstream.connect_timeout, &mut number);
         let sent = timer.within(began + upstream.timeout, exchange).await;
+        let upstreams_fault = !client_body.is_some_and(BodyState::waiting_on_client);
+        if let (Err(_elapsed), Some(n), true) = (&sent, number, upstreams_fault) {
+            // No answer in time on that connection: the next request opens
+            // another (this one's stream stays on it until it is dropped).
+            pool.retire_shared(n).await;
+        }
         let mut rsp = settle(sent, upstream, target_index, pool, client_body, began)?;
         strip_hop_by_hop(rsp.headers_mut(), false);
         // The body's frames, trailers (gRPC's status) included, as they come.
@@ -211,11 +225,13 @@ async fn send_h2(
     req: Request<Body>,
     pool: &Pool,
     connect_timeout: std::time::Duration,
+    number: &mut Option<u64>,
 ) -> Result<Response<Incoming>, Failed> {
-    let mut sender = pool
-        .shared(connect_timeout, false)
+    let (n, mut sender) = pool
+        .shared(connect_timeout, None)
         .await
         .map_err(Failed::Connect)?;
+    *number = Some(n);
     let mut err = match sender.try_send_request(req.map(H2Body)).await {
         Ok(rsp) => return Ok(rsp),
         Err(e) => e,
@@ -223,11 +239,21 @@ async fn send_h2(
     let Some(req) = err.take_message() else {
         return Err(Failed::Exchange(err.into_error()));
     };
-    let mut sender = pool
-        .shared(connect_timeout, true)
+    // Only if no other request has replaced that connection already.
+    let (n, mut sender) = pool
+        .shared(connect_timeout, Some(n))
         .await
         .map_err(Failed::Connect)?;
+    *number = Some(n);
     sender.send_request(req).await.map_err(Failed::Exchange)
+}
+
+/// The answer to a request whose body failed on the client's side.
+fn blame(failure: ClientFailure) -> GatewayError {
+    match failure {
+        ClientFailure::TimedOut => GatewayError::RequestTimeout,
+        ClientFailure::Broke => GatewayError::BadRequest("the request body could not be read"),
+    }
 }
 
 /// The client's fault, not the upstream's: the request body failed on its

@@ -26,6 +26,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -35,7 +36,7 @@ use http::uri::Authority;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -56,7 +57,9 @@ pub struct Pool {
     idle: Mutex<VecDeque<Idle>>,
     /// HTTP/2: the target's shared connection, once opened. Held while one
     /// is opened, so that requests arriving meanwhile wait for it.
-    shared: tokio::sync::Mutex<Option<http2::SendRequest<H2Body>>>,
+    shared: tokio::sync::Mutex<Shared>,
+    /// HTTP/2 connects begun: numbers the connections.
+    h2_attempts: AtomicU64,
     dial: Dial,
 }
 
@@ -319,11 +322,57 @@ impl HttpBody for H2Body {
     }
 }
 
+/// An HTTP/2 connection's state in its [`Pool`].
+#[derive(Default)]
+struct Shared {
+    /// The connection in use and its number.
+    current: Option<(u64, http2::SendRequest<H2Body>)>,
+    /// How the last connect failed, for the requests that waited for it.
+    failure: Option<Failure>,
+}
+
+/// A failed connect, kept to answer the requests that waited for it alike.
+enum Failure {
+    TimedOut,
+    Other(String),
+}
+
+impl Failure {
+    fn of(e: &ConnectError) -> Failure {
+        match e {
+            ConnectError::TimedOut => Failure::TimedOut,
+            e => Failure::Other(e.to_string()),
+        }
+    }
+
+    fn again(&self) -> ConnectError {
+        match self {
+            Failure::TimedOut => ConnectError::TimedOut,
+            Failure::Other(why) => ConnectError::Refused(std::io::Error::other(why.clone())),
+        }
+    }
+}
+
+/// An idle HTTP/2 connection is pinged this often, and dropped when a ping
+/// goes unanswered for [`H2_PING_TIMEOUT`]: a peer that vanished without a
+/// word (a node gone, NAT state lost) is found within half a minute, not
+/// when the kernel gives up retransmitting.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn handshake_h2<T>(io: T) -> Result<http2::SendRequest<H2Body>, ConnectError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .keep_alive_while_idle(true)
+        // Until the server's SETTINGS say how many streams it takes, open
+        // one: more could be refused unprocessed (REFUSED_STREAM), which
+        // would be a 502 for a request the server never saw.
+        .initial_max_send_streams(1)
         .handshake(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
@@ -339,32 +388,63 @@ impl Pool {
     pub fn new(dial: Dial) -> Self {
         Pool {
             idle: Mutex::new(VecDeque::new()),
-            shared: tokio::sync::Mutex::new(None),
+            shared: tokio::sync::Mutex::default(),
+            h2_attempts: AtomicU64::new(0),
             dial,
         }
     }
 
-    /// HTTP/2: the target's shared connection, opened (within `timeout`)
-    /// when there is none or it has closed. `fresh` opens a new one even if
-    /// the current one looks open (it refused a request: it is going away).
+    /// HTTP/2: the target's shared connection and its number, opened
+    /// (within `timeout`) when there is none, it has closed, or it is
+    /// number `stale` (it turned a request away, or a request on it timed
+    /// out: it may be dead without knowing it).
+    ///
+    /// Connects happen one at a time. Requests that waited for one that
+    /// failed get its failure, rather than each trying again in turn.
     ///
     /// # Errors
     /// See [`Dial::connect_h2`].
     pub async fn shared(
         &self,
         timeout: Duration,
-        fresh: bool,
-    ) -> Result<http2::SendRequest<H2Body>, ConnectError> {
+        stale: Option<u64>,
+    ) -> Result<(u64, http2::SendRequest<H2Body>), ConnectError> {
+        let attempts_seen = self.h2_attempts.load(Ordering::Acquire);
         let mut shared = self.shared.lock().await;
-        if let Some(sender) = shared.as_ref()
-            && !fresh
+        if let Some((number, sender)) = &shared.current
+            && Some(*number) != stale
             && !sender.is_closed()
         {
-            return Ok(sender.clone());
+            return Ok((*number, sender.clone()));
         }
-        let sender = self.dial.connect_h2(timeout).await?;
-        *shared = Some(sender.clone());
-        Ok(sender)
+        if self.h2_attempts.load(Ordering::Acquire) != attempts_seen
+            && let Some(failure) = &shared.failure
+        {
+            return Err(failure.again());
+        }
+        let number = self.h2_attempts.fetch_add(1, Ordering::AcqRel) + 1;
+        match self.dial.connect_h2(timeout).await {
+            Ok(sender) => {
+                shared.current = Some((number, sender.clone()));
+                shared.failure = None;
+                Ok((number, sender))
+            }
+            Err(e) => {
+                shared.current = None;
+                shared.failure = Some(Failure::of(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// HTTP/2: stops handing out connection `number` (a request on it got
+    /// no answer in time); the next request opens a new one. Streams open
+    /// on it carry on.
+    pub async fn retire_shared(&self, number: u64) {
+        let mut shared = self.shared.lock().await;
+        if shared.current.as_ref().is_some_and(|(n, _)| *n == number) {
+            shared.current = None;
+        }
     }
 
     pub fn dial(&self) -> &Dial {
