@@ -19,7 +19,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use support::process::Gatehouse;
+use support::process::{Gatehouse, on_ports, trusting_only};
 use support::*;
 
 const ISS: &str = "https://idp.test/";
@@ -367,27 +367,15 @@ async fn readyz_waits_for_the_keys_and_https_urls_are_verified() {
     let up = TestUpstream::start().await;
     let k1 = IdpKey::new("k1");
     let idp = Idp::start(&[&k1]).await;
-    let tls_dir = tls_dir();
     let https = serve_tls(Arc::new(idp.clone())).await;
     let https_url = format!("https://localhost:{}/.well-known/jwks.json", https.port());
 
     idp.answer(500);
     let dir = tempfile::tempdir().unwrap();
-    // Only the test certificate: not the machine's roots (`SSL_CERT_DIR` is
-    // read besides `SSL_CERT_FILE` when set).
-    let no_dir = dir.path().join("no-roots");
-    std::fs::create_dir(&no_dir).unwrap();
-    let cert = tls_dir.join("a.cert.pem");
-    let env = [
-        ("SSL_CERT_FILE", cert.to_str().unwrap()),
-        ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
-    ];
+    // Only the test certificate: not the machine's roots.
+    let env = trusting_only(dir.path(), "a");
     let gh = Gatehouse::start_with(dir.path(), &env, |listen, admin| {
-        let c = config(up.addr, &https_url, "10m");
-        c.replace(
-            "[server]\nadmin_listen = \"\"",
-            &format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\""),
-        )
+        on_ports(&config(up.addr, &https_url, "10m"), listen, admin)
     })
     .await;
     let readyz = || async { get(&gh.admin_url("/readyz"), &[]).await.status };
@@ -403,17 +391,9 @@ async fn readyz_waits_for_the_keys_and_https_urls_are_verified() {
 
     // Trusting another certificate only: the provider's is not trusted.
     let dir = tempfile::tempdir().unwrap();
-    let other = tls_dir.join("b.cert.pem");
-    let env = [
-        ("SSL_CERT_FILE", other.to_str().unwrap()),
-        ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
-    ];
+    let env = trusting_only(dir.path(), "b");
     let untrusting = Gatehouse::start_with(dir.path(), &env, |listen, admin| {
-        let c = config(up.addr, &https_url, "10m");
-        c.replace(
-            "[server]\nadmin_listen = \"\"",
-            &format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\""),
-        )
+        on_ports(&config(up.addr, &https_url, "10m"), listen, admin)
     })
     .await;
     let failed = eventually(Duration::from_secs(10), || async {

@@ -485,59 +485,24 @@ async fn no_redis_at_start_is_an_error_that_names_no_password() {
 /// the system's roots, or `SSL_CERT_FILE`'s, as the JWKS fetch's is.
 #[tokio::test]
 async fn rediss_urls_check_the_servers_certificate() {
-    use support::process::Gatehouse;
+    use support::process::{Gatehouse, on_ports, trusting_only};
     let redis = RedisServer::start().await;
     let up = TestUpstream::start().await;
-    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
-    let serve = |dir: &std::path::Path| {
-        std::fs::write(dir.join("users.toml"), users_toml()).unwrap();
-        let no_dir = dir.join("no-roots");
-        std::fs::create_dir(&no_dir).unwrap();
-        no_dir
-    };
-    let with_ports = |listen, admin| {
-        config(up.addr, &redis.tls_url).replace(
-            "[server]\nadmin_listen = \"\"",
-            &format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\""),
-        )
-    };
+    let users =
+        |dir: &std::path::Path| std::fs::write(dir.join("users.toml"), users_toml()).unwrap();
+    let with_ports = |listen, admin| on_ports(&config(up.addr, &redis.tls_url), listen, admin);
 
     let dir = tempfile::tempdir().unwrap();
-    let no_dir = serve(dir.path());
-    let trusted = certs.join("a.cert.pem");
-    let env = [
-        ("SSL_CERT_FILE", trusted.to_str().unwrap()),
-        ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
-    ];
+    users(dir.path());
+    let env = trusting_only(dir.path(), "a");
     let gh = Gatehouse::start_with(dir.path(), &env, with_ports).await;
-    let creds = json!({ "username": "alice", "password": "pw" });
-    let pair = Pair::of(&post_json(&gh.url("/auth/login"), &[], &creds).await);
-    let bearer = format!("Bearer {}", pair.access);
-    let r = post_json(
-        &gh.url("/auth/logout"),
-        &[("authorization", &bearer)],
-        &json!({}),
-    )
-    .await;
-    assert_eq!(r.status, 204, "{}", gh.log());
-    // It went to the server over TLS: the plain port sees it.
-    let plain = RedisStore::connect(&redis.url, &Default::default())
-        .await
-        .unwrap();
-    let live = plain.live_revocations(now()).await.unwrap();
-    assert!(
-        live.iter().any(|r| matches!(r, Revocation::Family { .. })),
-        "{live:?}"
-    );
+    // Over TLS: the plain port sees what the gateway wrote.
+    logout_reaches(|p| gh.url(p), &redis).await;
 
     // Trusting another certificate only: the gateway does not start.
     let dir = tempfile::tempdir().unwrap();
-    let no_dir = serve(dir.path());
-    let other = certs.join("b.cert.pem");
-    let env = [
-        ("SSL_CERT_FILE", other.to_str().unwrap()),
-        ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
-    ];
+    users(dir.path());
+    let env = trusting_only(dir.path(), "b");
     let (listen, admin) = (
         "127.0.0.1:1".parse().unwrap(),
         "127.0.0.1:2".parse().unwrap(),
@@ -591,24 +556,7 @@ async fn rediss_with_a_ca_file_and_a_client_certificate() {
     };
     let users = users_toml();
     let gw = TestGateway::start_with_files(&with(&client), &[("users.toml", &users)]).await;
-    let creds = json!({ "username": "alice", "password": "pw" });
-    let pair = Pair::of(&post_json(&gw.url("/auth/login"), &[], &creds).await);
-    let bearer = format!("Bearer {}", pair.access);
-    let r = post_json(
-        &gw.url("/auth/logout"),
-        &[("authorization", &bearer)],
-        &json!({}),
-    )
-    .await;
-    assert_eq!(r.status, 204);
-    let plain = RedisStore::connect(&redis.url, &Default::default())
-        .await
-        .unwrap();
-    let live = plain.live_revocations(now()).await.unwrap();
-    assert!(
-        live.iter().any(|r| matches!(r, Revocation::Family { .. })),
-        "{live:?}"
-    );
+    logout_reaches(|p| gw.url(p), &redis).await;
 
     let err = TestGateway::try_start_with_files(&with(""), &[("users.toml", &users)])
         .await
@@ -625,4 +573,27 @@ async fn rediss_with_a_ca_file_and_a_client_certificate() {
         .err()
         .unwrap();
     assert!(err.contains("are for a rediss:// url"), "{err}");
+}
+
+/// Logs alice in at `gw_url` and out again (204), then checks through
+/// Redis's plain port that the logout reached the server.
+async fn logout_reaches(gw_url: impl Fn(&str) -> String, redis: &RedisServer) {
+    let creds = json!({ "username": "alice", "password": "pw" });
+    let pair = Pair::of(&post_json(&gw_url("/auth/login"), &[], &creds).await);
+    let bearer = format!("Bearer {}", pair.access);
+    let r = post_json(
+        &gw_url("/auth/logout"),
+        &[("authorization", &bearer)],
+        &json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let plain = RedisStore::connect(&redis.url, &Default::default())
+        .await
+        .unwrap();
+    let live = plain.live_revocations(now()).await.unwrap();
+    assert!(
+        live.iter().any(|r| matches!(r, Revocation::Family { .. })),
+        "{live:?}"
+    );
 }

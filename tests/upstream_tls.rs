@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
+use support::process::{Gatehouse, on_ports, trusting_only};
 use support::*;
 
 /// `pool_config` for `targets` trusting the test certificate `ca` only.
@@ -263,21 +264,15 @@ async fn without_a_ca_file_the_systems_roots_decide() {
     let target = format!("https://localhost:{}", up.addr.port());
     for (trusted, status) in [("a", 200), ("b", 502)] {
         let dir = tempfile::tempdir().unwrap();
-        let no_dir = dir.path().join("no-roots");
-        std::fs::create_dir(&no_dir).unwrap();
-        let cert = tls_dir().join(format!("{trusted}.cert.pem"));
-        let env = [
-            ("SSL_CERT_FILE", cert.to_str().unwrap()),
-            ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
-        ];
-        let gh = support::process::Gatehouse::start_with(dir.path(), &env, |listen, admin| {
-            pool_config(std::slice::from_ref(&target), "")
-                .replace(
-                    "[server]\nadmin_listen = \"\"",
-                    &format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\""),
-                )
-                // The readiness probe's path stays a 404.
-                .replace("path_prefix = \"/\"", "path_prefix = \"/api/\"")
+        let env = trusting_only(dir.path(), trusted);
+        let gh = Gatehouse::start_with(dir.path(), &env, |listen, admin| {
+            on_ports(
+                &pool_config(std::slice::from_ref(&target), ""),
+                listen,
+                admin,
+            )
+            // The readiness probe's path stays a 404.
+            .replace("path_prefix = \"/\"", "path_prefix = \"/api/\"")
         })
         .await;
         let r = get(&gh.url("/api/x"), &[]).await;

@@ -11,6 +11,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
+use support::process::{Gatehouse, on_ports, trusting_only};
 use support::*;
 
 /// A credentials API: `alice`/`pw` is good (subject 42, role admin);
@@ -150,20 +151,10 @@ async fn an_https_verify_url_is_checked_against_the_systems_roots() {
     let url = format!("https://localhost:{}/verify", tls.port());
     for (trusted, status) in [("a", 200), ("b", 503)] {
         let dir = tempfile::tempdir().unwrap();
-        let no_dir = dir.path().join("no-roots");
-        std::fs::create_dir(&no_dir).unwrap();
-        let cert = tls_dir().join(format!("{trusted}.cert.pem"));
-        let env = [
-            ("SSL_CERT_FILE", cert.to_str().unwrap()),
-            ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
-        ];
-        let gh = support::process::Gatehouse::start_with(dir.path(), &env, |listen, admin| {
+        let env = trusting_only(dir.path(), trusted);
+        let gh = Gatehouse::start_with(dir.path(), &env, |listen, admin| {
             // A route that leaves the readiness probe's path a 404.
-            config(up.addr, &url)
-                .replace(
-                    "[server]\nadmin_listen = \"\"",
-                    &format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\""),
-                )
+            on_ports(&config(up.addr, &url), listen, admin)
                 .replace("path_prefix = \"/\"", "path_prefix = \"/api/\"")
         })
         .await;

@@ -73,13 +73,13 @@ impl Gatehouse {
     /// both listeners answer. Another process can take a port between our
     /// probe and the bind: then it retries with new ports.
     pub async fn start(dir: &Path, config: impl Fn(SocketAddr, SocketAddr) -> String) -> Gatehouse {
-        Gatehouse::start_with(dir, &[], config).await
+        Gatehouse::start_with::<&str>(dir, &[], config).await
     }
 
     /// [`Gatehouse::start`] with `env` added to the environment.
-    pub async fn start_with(
+    pub async fn start_with<V: AsRef<OsStr>>(
         dir: &Path,
-        env: &[(&str, &str)],
+        env: &[(&str, V)],
         config: impl Fn(SocketAddr, SocketAddr) -> String,
     ) -> Gatehouse {
         let mut attempts = 0;
@@ -197,4 +197,23 @@ pub async fn status_of(url: &str) -> Option<StatusCode> {
         Ok(Ok(rsp)) => Some(rsp.status()),
         _ => None,
     }
+}
+
+/// The environment under which the process trusts only the test
+/// certificate `name` (`tests/data/tls`) as its system's roots:
+/// `SSL_CERT_FILE` names it, `SSL_CERT_DIR` an empty folder made in `dir`
+/// (that is read besides the file when set).
+pub fn trusting_only(dir: &Path, name: &str) -> [(&'static str, PathBuf); 2] {
+    let no_dir = dir.join("no-roots");
+    std::fs::create_dir_all(&no_dir).unwrap();
+    let cert = super::tls_dir().join(format!("{name}.cert.pem"));
+    [("SSL_CERT_FILE", cert), ("SSL_CERT_DIR", no_dir)]
+}
+
+/// `config`, written for an in-process gateway (`[server]` then
+/// `admin_listen = ""`), listening on `listen` with its admin on `admin`.
+pub fn on_ports(config: &str, listen: SocketAddr, admin: SocketAddr) -> String {
+    let ports = format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"");
+    assert!(config.contains("[server]\nadmin_listen = \"\""), "{config}");
+    config.replace("[server]\nadmin_listen = \"\"", &ports)
 }
