@@ -207,7 +207,7 @@ pub enum Credentials {
     /// An existing API that answers for the credentials, and how to reach it.
     VerifyUrl {
         uri: http::Uri,
-        dial: crate::proxy::pool::Dial,
+        dial: crate::proxy::dial::Dial,
     },
 }
 

@@ -2,6 +2,7 @@
 //! order, from one place; every failure becomes a response in `error.rs` and
 //! every request is logged once.
 
+pub mod dial;
 mod echo;
 pub mod forward;
 pub mod headers;

@@ -270,7 +270,7 @@ fn verify_url(
                         }
                     }
                 };
-                match crate::proxy::pool::Dial::for_url(&uri, roots) {
+                match crate::proxy::dial::Dial::for_url(&uri, roots) {
                     Ok(dial) => return Some(Credentials::VerifyUrl { uri, dial }),
                     Err(e) => e,
                 }
@@ -800,7 +800,7 @@ fn target(t: &Spanned<String>, d: &mut Diags<'_>) -> Option<Target> {
         return bad(d, "must not have a path or query");
     }
     let tls = if https {
-        match crate::proxy::pool::server_name(&authority) {
+        match crate::proxy::dial::server_name(&authority) {
             Ok(name) => Some(name),
             Err(_) => return bad(d, "has a host TLS cannot check a certificate against"),
         }

@@ -13,8 +13,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
+use super::dial::{ConnectError, H2Body};
 use super::headers::strip_hop_by_hop;
-use super::pool::{ConnectError, H2Body, Pool, Pooled};
+use super::pool::{Pool, Pooled};
 use super::upstream::Upstream;
 use crate::body::{self, Body, BodyState, ClientFailure};
 use crate::error::GatewayError;

@@ -26,7 +26,7 @@ use std::time::Duration;
 use http::{Request, StatusCode, header};
 use tokio::time::MissedTickBehavior;
 
-use super::pool::{ConnectError, Dial, H2Body};
+use super::dial::{ConnectError, Dial, H2Body};
 use crate::body;
 use crate::config::HealthCheck;
 

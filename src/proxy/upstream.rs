@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::dial::Dial;
 use super::health::{self, Down};
-use super::pool::{Dial, Pool};
+use super::pool::Pool;
 use crate::config::{HealthCheck, Protocol, Target, UpstreamSpec};
 use crate::metrics::Histogram;
 

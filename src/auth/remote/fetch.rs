@@ -15,7 +15,7 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 
 use crate::body;
-use crate::proxy::pool::{ConnectError, Dial};
+use crate::proxy::dial::{ConnectError, Dial};
 
 /// A whole fetch (connect, TLS, answer, body) takes at most this.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
