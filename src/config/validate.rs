@@ -212,28 +212,16 @@ fn redis_tls(
     }
     let ca_pem = match &state.ca_file {
         None => None,
-        Some(ca) => {
-            let pem = read_file(ca, path, d)?;
-            if let Err(e) = client_tls::roots_from_pem(&pem) {
-                d.at(Some(&ca.span()), format!("ca_file: {e}"));
-                return None;
-            }
-            Some(pem)
-        }
+        Some(ca) => Some(ca_file(ca, path, d)?.0),
     };
     let client = match &state.client_cert {
         None => None,
         Some(c) => {
-            let files = c.get_ref();
-            let cert = read_file(&files.cert, path, d);
-            let key = read_file(&files.key, path, d);
-            let (cert, key) = (cert?, key?);
-            // The same checks as an upstream's: rustls parses both again.
-            let checked = client_tls::ClientCert::from_pem(&cert, &key).and_then(|parsed| {
-                let roots = tokio_rustls::rustls::RootCertStore::empty();
-                client_tls::config(roots, Some(parsed), false)
-            });
-            if let Err(e) = checked {
+            let (cert, key, parsed) = client_cert(c, path, d)?;
+            // The redis crate parses them again; this checks the key
+            // belongs to the certificate, as an upstream's is checked.
+            let roots = tokio_rustls::rustls::RootCertStore::empty();
+            if let Err(e) = client_tls::config(roots, Some(parsed), false) {
                 d.at(Some(&c.span()), format!("client_cert {e}"));
                 return None;
             }
@@ -245,7 +233,7 @@ fn redis_tls(
 
 fn verify_url(
     url: &Spanned<String>,
-    ca_file: Option<&Spanned<String>>,
+    ca: Option<&Spanned<String>>,
     path: &Path,
     d: &mut Diags<'_>,
 ) -> Option<Credentials> {
@@ -257,18 +245,9 @@ fn verify_url(
             if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
                 "must not carry credentials".to_string()
             } else {
-                let roots = match ca_file {
+                let roots = match ca {
                     None => None,
-                    Some(ca) => {
-                        let pem = read_file(ca, path, d)?;
-                        match client_tls::roots_from_pem(&pem) {
-                            Ok(roots) => Some(roots),
-                            Err(e) => {
-                                d.at(Some(&ca.span()), format!("ca_file: {e}"));
-                                return None;
-                            }
-                        }
-                    }
+                    Some(ca) => Some(ca_file(ca, path, d)?.1),
                 };
                 match crate::proxy::dial::Dial::for_url(&uri, roots) {
                     Ok(dial) => return Some(Credentials::VerifyUrl { uri, dial }),
@@ -695,11 +674,7 @@ fn upstream_tls(
         return None;
     }
     let roots = match &u.ca_file {
-        Some(ca) => read_file(ca, path, d).and_then(|pem| {
-            client_tls::roots_from_pem(&pem)
-                .map_err(|e| d.at(Some(&ca.span()), format!("ca_file: {e}")))
-                .ok()
-        }),
+        Some(ca) => ca_file(ca, path, d).map(|(_, roots)| roots),
         None => client_tls::system_roots()
             .map_err(|e| {
                 d.at(
@@ -711,25 +686,48 @@ fn upstream_tls(
     };
     let client = match &u.client_cert {
         None => Some(None),
-        Some(c) => {
-            let files = c.get_ref();
-            let cert = read_file(&files.cert, path, d);
-            let key = read_file(&files.key, path, d);
-            let parsed = client_tls::ClientCert::from_pem(&cert?, &key?);
-            match parsed {
-                Ok(c) => Some(Some(c)),
-                Err(e) => {
-                    d.at(Some(&c.span()), format!("client_cert {e}"));
-                    None
-                }
-            }
-        }
+        Some(c) => client_cert(c, path, d).map(|(_, _, parsed)| Some(parsed)),
     };
     match client_tls::config(roots?, client?, u.protocol == Protocol::Http2) {
         Ok(config) => Some(config),
         Err(e) => {
             let at = u.client_cert.as_ref().map(|c| c.span());
             d.at(at.as_ref(), format!("client_cert {e}"));
+            None
+        }
+    }
+}
+
+/// A `ca_file`: its PEM, and the certificates in it as trusted roots.
+fn ca_file(
+    ca: &Spanned<String>,
+    path: &Path,
+    d: &mut Diags<'_>,
+) -> Option<(Vec<u8>, tokio_rustls::rustls::RootCertStore)> {
+    let pem = read_file(ca, path, d)?;
+    match client_tls::roots_from_pem(&pem) {
+        Ok(roots) => Some((pem, roots)),
+        Err(e) => {
+            d.at(Some(&ca.span()), format!("ca_file: {e}"));
+            None
+        }
+    }
+}
+
+/// A `client_cert = { cert, key }`: both files' PEM, and both parsed.
+fn client_cert(
+    c: &Spanned<super::raw::RawTls>,
+    path: &Path,
+    d: &mut Diags<'_>,
+) -> Option<(Vec<u8>, Vec<u8>, client_tls::ClientCert)> {
+    let files = c.get_ref();
+    let cert = read_file(&files.cert, path, d);
+    let key = read_file(&files.key, path, d);
+    let (cert, key) = (cert?, key?);
+    match client_tls::ClientCert::from_pem(&cert, &key) {
+        Ok(parsed) => Some((cert, key, parsed)),
+        Err(e) => {
+            d.at(Some(&c.span()), format!("client_cert {e}"));
             None
         }
     }
