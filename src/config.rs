@@ -184,6 +184,9 @@ pub struct JwksSpec {
     pub url: http::Uri,
     /// `jwks_refresh`: the time between fetches (default 10 minutes).
     pub refresh: Duration,
+    /// `ca_file`'s PEM (checked at load): the roots an `https://` URL is
+    /// checked against instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]

@@ -505,3 +505,45 @@ async fn a_request_waiting_for_a_fetch_across_a_reload_gets_its_key() {
     gw.shared.store_snapshot(snap);
     assert_eq!(waiting.await.unwrap(), 200);
 }
+
+/// `[[issuers]] ca_file`: an `https://` JWK Set on a private CA, trusted
+/// without touching the process's roots; another CA's server is not.
+#[tokio::test]
+async fn an_https_jwks_url_may_name_its_ca_file() {
+    let up = TestUpstream::start().await;
+    let k1 = IdpKey::new("k1");
+    let idp = Idp::start(&[&k1]).await;
+    let https = serve_tls(Arc::new(idp.clone())).await;
+    let url = format!("https://localhost:{}/.well-known/jwks.json", https.port());
+    let with_ca = |url: &str, name: &str| {
+        let ca = tls_dir().join(format!("{name}.cert.pem"));
+        config(up.addr, url, "10m").replace(
+            "jwks_refresh = \"10m\"",
+            &format!("jwks_refresh = \"10m\"\nca_file = \"{}\"", ca.display()),
+        )
+    };
+    let gw = TestGateway::start(&with_ca(&url, "a")).await;
+    let fetched = eventually(Duration::from_secs(10), || async { gw.shared.keys_ready() });
+    assert!(fetched.await, "the JWKS fetch over TLS did not succeed");
+    let r = get_with_token(&gw.url("/api"), &k1.token("alice")).await;
+    assert_eq!(r.status, 200);
+
+    let before = idp.fetches();
+    let gw = TestGateway::start(&with_ca(&url, "b")).await;
+    // Retried after 1 s: two failed tries, and no key.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!gw.shared.keys_ready());
+    assert_eq!(
+        idp.fetches(),
+        before,
+        "no request got past the TLS handshake"
+    );
+    let r = get_with_token(&gw.url("/api"), &k1.token("alice")).await;
+    assert_eq!(r.status, 503);
+
+    let err = TestGateway::try_start(&with_ca(&idp.url, "a"))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.contains("ca_file needs an https:// jwks_url"), "{err}");
+}

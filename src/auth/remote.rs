@@ -105,7 +105,8 @@ impl RemoteKeys {
     /// Takes on the keys `old` fetched, when it fetched from the same URL
     /// for the same algorithms (a reload).
     pub fn carry_from(&self, old: &RemoteKeys) {
-        if old.spec.url == self.spec.url && old.algorithms == self.algorithms && old.is_fetched() {
+        let same_source = old.spec.url == self.spec.url && old.spec.ca_pem == self.spec.ca_pem;
+        if same_source && old.algorithms == self.algorithms && old.is_fetched() {
             self.keys.store(old.keys.load_full());
         }
     }
@@ -222,7 +223,7 @@ async fn watch(remote: Weak<RemoteKeys>, on_dropped: impl Fn() + Send + 'static)
             return;
         }
         let number = r.started.fetch_add(1, Ordering::SeqCst) + 1;
-        let outcome = match fetch::get(&r.spec.url).await {
+        let outcome = match fetch::get(&r.spec.url, r.spec.ca_pem.as_deref()).await {
             Ok(body) => jwk::parse(&body, r.algorithms.as_deref()),
             Err(why) => Err(why),
         };
@@ -275,6 +276,7 @@ mod tests {
         let spec = JwksSpec {
             url: "http://127.0.0.1:9/jwks".parse().unwrap(),
             refresh: Duration::from_secs(600),
+            ca_pem: None,
         };
         RemoteKeys::new("idp", spec, None)
     }

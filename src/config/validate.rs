@@ -34,7 +34,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
 
     let server = server(&raw.server, path, &mut d);
     let keys = keys(&raw.keys, path, &mut d);
-    let issuers = issuers(&raw, &keys, &mut d);
+    let issuers = issuers(&raw, &keys, path, &mut d);
     let upstreams = upstreams(&raw.upstreams, path, &mut d);
     let routes = routes(&raw.routes, &raw.upstreams, &mut d);
     let identity = identity(&raw.identity, &mut d);
@@ -474,7 +474,7 @@ fn read_file(file: &Spanned<String>, path: &Path, d: &mut Diags<'_>) -> Option<V
     }
 }
 
-fn issuers(raw: &RawConfig, keys: &[KeySpec], d: &mut Diags<'_>) -> Vec<IssuerSpec> {
+fn issuers(raw: &RawConfig, keys: &[KeySpec], path: &Path, d: &mut Diags<'_>) -> Vec<IssuerSpec> {
     let known: HashSet<&str> = raw
         .keys
         .iter()
@@ -486,7 +486,7 @@ fn issuers(raw: &RawConfig, keys: &[KeySpec], d: &mut Diags<'_>) -> Vec<IssuerSp
         let span = i.span();
         let i = i.get_ref();
         let jwks = match (&i.jwks_url, &i.jwks_refresh) {
-            (Some(url), refresh) => jwks(url, refresh.as_ref(), d),
+            (Some(url), refresh) => jwks(url, refresh.as_ref(), i.ca_file.as_ref(), path, d),
             (None, Some(refresh)) => {
                 d.at(Some(&refresh.span()), "jwks_refresh needs a jwks_url");
                 None
@@ -502,6 +502,13 @@ fn issuers(raw: &RawConfig, keys: &[KeySpec], d: &mut Diags<'_>) -> Vec<IssuerSp
                 Some(&span),
                 format!("{what} is configured twice (the [tokens] issuer counts too)"),
             );
+        }
+        let https = i
+            .jwks_url
+            .as_ref()
+            .is_some_and(|u| u.get_ref().starts_with("https://"));
+        if let (Some(ca), false) = (&i.ca_file, https) {
+            d.at(Some(&ca.span()), "ca_file needs an https:// jwks_url");
         }
         if i.keys.is_empty() && i.jwks_url.is_none() {
             d.at(
@@ -566,6 +573,8 @@ const MIN_JWKS_REFRESH: Duration = Duration::from_secs(1);
 fn jwks(
     url: &Spanned<String>,
     refresh: Option<&Spanned<Dur>>,
+    ca: Option<&Spanned<String>>,
+    path: &Path,
     d: &mut Diags<'_>,
 ) -> Option<JwksSpec> {
     let s = url.get_ref();
@@ -599,7 +608,15 @@ fn jwks(
         }
         Some(r) => r.get_ref().0,
     };
-    Some(JwksSpec { url: uri, refresh })
+    let ca_pem = match ca {
+        None => None,
+        Some(ca) => Some(ca_file(ca, path, d)?.0),
+    };
+    Some(JwksSpec {
+        url: uri,
+        refresh,
+        ca_pem,
+    })
 }
 
 fn upstreams(raw: &[Spanned<RawUpstream>], path: &Path, d: &mut Diags<'_>) -> Vec<UpstreamSpec> {

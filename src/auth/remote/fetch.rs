@@ -2,9 +2,9 @@
 //!
 //! A connection of its own per fetch (`Connection: close`): a fetch happens
 //! every `jwks_refresh` or on an unknown `kid`, so pooling would buy
-//! nothing. HTTPS as `client_tls` says, with the system's trusted roots
-//! read at each fetch, so that a CA bundle installed later is used without
-//! a restart. Redirects are not followed and no HTTP proxy is used: the URL
+//! nothing. HTTPS as `client_tls` says, with the issuer's `ca_file` or
+//! the system's trusted roots, read at each fetch, so that a CA bundle
+//! installed later is used without a restart. Redirects are not followed and no HTTP proxy is used: the URL
 //! names the server that answers.
 
 use std::time::Duration;
@@ -15,6 +15,7 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 
 use crate::body;
+use crate::client_tls;
 use crate::proxy::dial::{ConnectError, Dial};
 
 /// A whole fetch (connect, TLS, answer, body) takes at most this.
@@ -23,22 +24,24 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest JWK Set read (a set of a few RSA keys is a few kilobytes).
 const MAX_BODY: usize = 1 << 20;
 
-/// The body of a 200 answer to `GET url`.
+/// The body of a 200 answer to `GET url`; an `https://` server is checked
+/// against `ca_pem`'s certificates, or without it the system's roots.
 ///
 /// # Errors
 /// A description for the log: no connection, a TLS failure, another
 /// status, a body over 1 MiB, or no whole answer within [`FETCH_TIMEOUT`].
-pub async fn get(url: &Uri) -> Result<Bytes, String> {
-    match tokio::time::timeout(FETCH_TIMEOUT, fetch(url)).await {
+pub async fn get(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Bytes, String> {
+    match tokio::time::timeout(FETCH_TIMEOUT, fetch(url, ca_pem)).await {
         Ok(answer) => answer,
         Err(_) => Err(format!("no answer within {}s", FETCH_TIMEOUT.as_secs())),
     }
 }
 
-async fn fetch(url: &Uri) -> Result<Bytes, String> {
+async fn fetch(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Bytes, String> {
     let authority = url.authority().ok_or("the URL has no host")?;
     // Read at each fetch: a CA bundle installed later is used.
-    let dial = Dial::for_url(url, None)?;
+    let roots = ca_pem.map(client_tls::roots_from_pem).transpose()?;
+    let dial = Dial::for_url(url, roots)?;
     // The same connections as the proxy's upstreams: no client of its own
     // (a second kind of hyper client connection beside the pool's made the
     // compiler stop inlining hyper's head parser and encoder into the
@@ -112,22 +115,22 @@ mod tests {
     #[tokio::test]
     async fn a_200_answer_is_its_body() {
         let url = serve(200, b"{\"keys\":[]}".to_vec()).await;
-        let body = get(&url.parse().unwrap()).await.unwrap();
+        let body = get(&url.parse().unwrap(), None).await.unwrap();
         assert_eq!(&body[..], b"{\"keys\":[]}");
     }
 
     #[tokio::test]
     async fn other_statuses_big_bodies_and_no_server_are_errors() {
         let url = serve(302, Vec::new()).await;
-        let err = get(&url.parse().unwrap()).await.unwrap_err();
+        let err = get(&url.parse().unwrap(), None).await.unwrap_err();
         assert!(err.contains("302") && err.contains("redirects"), "{err}");
         let url = serve(200, vec![b' '; MAX_BODY + 1]).await;
-        let err = get(&url.parse().unwrap()).await.unwrap_err();
+        let err = get(&url.parse().unwrap(), None).await.unwrap_err();
         assert!(err.contains("over"), "{err}");
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/jwks", closed.local_addr().unwrap());
         drop(closed);
-        let err = get(&url.parse().unwrap()).await.unwrap_err();
+        let err = get(&url.parse().unwrap(), None).await.unwrap_err();
         assert!(err.contains("cannot connect"), "{err}");
     }
 }
