@@ -155,7 +155,7 @@ async fn handle_inner<'s>(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
 
-    let (index, _) = upstream.pick();
+    let index = upstream.pick();
     let Some(pool) = upstream.pool(index) else {
         return Ok(echo::respond(&req, &route.upstream_path(req.uri().path())));
     };

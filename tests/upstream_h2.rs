@@ -376,3 +376,16 @@ async fn pump(
         }
     }
 }
+
+/// A client `Host` that HTTP/2 cannot carry as `:authority` (userinfo, or
+/// not an authority at all) is not passed on: the target's authority is.
+#[tokio::test]
+async fn a_host_that_is_no_http2_authority_is_replaced_by_the_targets() {
+    let up = H2Upstream::start(false).await;
+    let gw = TestGateway::start(&h2_config(&[format!("http://{}", up.addr)], "")).await;
+    for host in ["user@evil.test:1", "bad host"] {
+        let r = get(&gw.url("/x"), &[("host", host)]).await;
+        assert_eq!(r.status, 200, "{host}");
+        assert_eq!(r.json()["authority"], up.addr.to_string(), "{host}");
+    }
+}

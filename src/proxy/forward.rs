@@ -54,8 +54,16 @@ pub async fn forward(
 ) -> Result<Response<Body>, GatewayError> {
     if pool.dial().is_http2() {
         // Boxed: its future would otherwise widen every HTTP/1.1 request's.
-        let h2 = forward_h2(req, upstream, target_index, pool, path_and_query);
-        return Box::pin(h2.run(timer, client_body)).await;
+        let h2 = forward_h2(
+            req,
+            upstream,
+            target_index,
+            pool,
+            path_and_query,
+            timer,
+            client_body,
+        );
+        return Box::pin(h2).await;
     }
     let authority = pool.dial().authority();
     // HTTP/1.1 upstreams get the origin form and a Host: the client's
@@ -146,26 +154,22 @@ fn settle<T>(
     }
 }
 
-/// An exchange with a `protocol = "http2"` target, built by [`forward_h2`]
-/// and run by [`H2Exchange::run`].
-struct H2Exchange<'a> {
-    req: Request<Body>,
-    upstream: &'a Upstream,
-    target_index: usize,
-    pool: &'a Pool,
-}
-
 /// [`forward`] to an HTTP/2 target (gRPC): the request becomes a stream of
 /// the target's shared connection, with `:scheme` the target's and
 /// `:authority` what `Host` would be for HTTP/1.1. No upgrades: HTTP/2 has
 /// none, so the request goes as a plain one (its upgrade headers dropped).
-fn forward_h2<'a>(
+///
+/// # Errors
+/// As [`forward`].
+async fn forward_h2(
     mut req: Request<Body>,
-    upstream: &'a Upstream,
+    upstream: &Upstream,
     target_index: usize,
-    pool: &'a Pool,
+    pool: &Pool,
     path_and_query: PathAndQuery,
-) -> H2Exchange<'a> {
+    timer: &Arc<SleepSlot>,
+    client_body: Option<&BodyState>,
+) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers_mut();
     let client_host = headers.remove(header::HOST);
     headers.remove(header::CONNECTION);
@@ -183,41 +187,21 @@ fn forward_h2<'a>(
     uri.path_and_query = Some(path_and_query);
     *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
     *req.version_mut() = http::Version::HTTP_2;
-    H2Exchange {
-        req,
-        upstream,
-        target_index,
-        pool,
-    }
-}
 
-impl H2Exchange<'_> {
-    async fn run(
-        self,
-        timer: &Arc<SleepSlot>,
-        client_body: Option<&BodyState>,
-    ) -> Result<Response<Body>, GatewayError> {
-        let H2Exchange {
-            req,
-            upstream,
-            target_index,
-            pool,
-        } = self;
-        let began = tokio::time::Instant::now();
-        let mut number = None;
-        let exchange = send_h2(req, pool, upstream.connect_timeout, &mut number);
-        let sent = timer.within(began + upstream.timeout, exchange).await;
-        let upstreams_fault = !client_body.is_some_and(BodyState::waiting_on_client);
-        if let (Err(_elapsed), Some(n), true) = (&sent, number, upstreams_fault) {
-            // No answer in time on that connection: the next request opens
-            // another (this one's stream stays on it until it is dropped).
-            pool.retire_shared(n).await;
-        }
-        let mut rsp = settle(sent, upstream, target_index, pool, client_body, began)?;
-        strip_hop_by_hop(rsp.headers_mut(), false);
-        // The body's frames, trailers (gRPC's status) included, as they come.
-        Ok(rsp.map(body::stream::<Incoming>))
+    let began = tokio::time::Instant::now();
+    let mut number = None;
+    let exchange = send_h2(req, pool, upstream.connect_timeout, &mut number);
+    let sent = timer.within(began + upstream.timeout, exchange).await;
+    let upstreams_fault = !client_body.is_some_and(BodyState::waiting_on_client);
+    if let (Err(_elapsed), Some(n), true) = (&sent, number, upstreams_fault) {
+        // No answer in time on that connection: the next request opens
+        // another (this one's stream stays on it until it is dropped).
+        pool.retire_shared(n).await;
     }
+    let mut rsp = settle(sent, upstream, target_index, pool, client_body, began)?;
+    strip_hop_by_hop(rsp.headers_mut(), false);
+    // The body's frames, trailers (gRPC's status) included, as they come.
+    Ok(rsp.map(body::stream::<Incoming>))
 }
 
 /// Sends `req` as a stream of the target's shared HTTP/2 connection. One

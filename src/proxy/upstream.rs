@@ -124,20 +124,19 @@ impl Upstream {
     /// not ejected (a failed health check is less certain than a refused
     /// connection), and when every target is ejected, the next one anyway
     /// (better a try than a certain 502).
-    pub fn pick(&self) -> (usize, &Target) {
+    pub fn pick(&self) -> usize {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         if n == 1 {
-            return (0, &self.targets[0].target);
+            return 0;
         }
         let now = self.now_ms();
         let order = || (0..n).map(|k| (start + k) % n);
         let ejected = |i: usize| self.targets[i].ejected_until.load(Ordering::Relaxed) > now;
-        let i = order()
+        order()
             .find(|&i| !ejected(i) && !self.targets[i].down.is_down())
             .or_else(|| order().find(|&i| !ejected(i)))
-            .unwrap_or(start % n);
-        (i, &self.targets[i].target)
+            .unwrap_or(start % n)
     }
 
     /// Each `http://` or `https://` target and whether it takes requests
@@ -215,10 +214,10 @@ mod tests {
     #[test]
     fn round_robin_skips_ejected_targets() {
         let u = upstream(3);
-        let picks: Vec<usize> = (0..6).map(|_| u.pick().0).collect();
+        let picks: Vec<usize> = (0..6).map(|_| u.pick()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         u.eject(1);
-        let picks: Vec<usize> = (0..4).map(|_| u.pick().0).collect();
+        let picks: Vec<usize> = (0..4).map(|_| u.pick()).collect();
         assert!(!picks.contains(&1), "{picks:?}");
         u.eject(0);
         u.eject(2);
@@ -230,18 +229,18 @@ mod tests {
     fn targets_down_by_health_check_are_skipped_and_preferred_to_ejected_ones() {
         let u = upstream(3);
         u.targets[1].down.set(true);
-        let picks: Vec<usize> = (0..4).map(|_| u.pick().0).collect();
+        let picks: Vec<usize> = (0..4).map(|_| u.pick()).collect();
         assert!(!picks.contains(&1), "{picks:?}");
         // Every target out: the one that is down but not ejected is tried.
         u.targets[0].down.set(true);
         u.eject(2);
-        let picks: Vec<usize> = (0..4).map(|_| u.pick().0).collect();
+        let picks: Vec<usize> = (0..4).map(|_| u.pick()).collect();
         assert!(picks.iter().all(|&i| i != 2), "{picks:?}");
         assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
         // Back in: served again.
         u.targets[0].down.set(false);
         u.targets[1].down.set(false);
-        let picks: Vec<usize> = (0..4).map(|_| u.pick().0).collect();
+        let picks: Vec<usize> = (0..4).map(|_| u.pick()).collect();
         assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
     }
 }
