@@ -173,15 +173,18 @@ pub struct IssuerSpec {
     pub audiences: Option<Vec<String>>,
     /// `None`: the algorithms of its keys.
     pub algorithms: Option<Vec<Algorithm>>,
-    /// `jwks_url`: keys fetched from the issuer, besides `keys`.
+    /// `jwks_url` or `discovery`: keys fetched from the issuer, besides `keys`.
     pub jwks: Option<JwksSpec>,
 }
 
 /// Where an issuer publishes its keys, and how often to look again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksSpec {
-    /// An `http://` or `https://` URL.
+    /// The JWK Set's `http://` or `https://` URL; with `discovery`, the
+    /// issuer's OpenID configuration's, whose `jwks_uri` names the set.
     pub url: http::Uri,
+    /// `discovery = true`: the `issuer` the OpenID configuration must name.
+    pub discovery: Option<String>,
     /// `jwks_refresh`: the time between fetches (default 10 minutes).
     pub refresh: Duration,
     /// `ca_file`'s PEM (checked at load): the roots an `https://` URL is

@@ -1,6 +1,7 @@
 //! `[[issuers]] jwks_url`: keys fetched from an identity provider's JWK
 //! Set, refreshed every `jwks_refresh` and on an unknown `kid`, with
-//! `/readyz` waiting for the first fetch (SPEC §2, §3).
+//! `/readyz` waiting for the first fetch (SPEC §2, §3); and `discovery`,
+//! the set's URL read from the issuer's OpenID configuration.
 mod support;
 
 use std::convert::Infallible;
@@ -64,9 +65,14 @@ impl IdpKey {
     }
 
     fn token_as(&self, kid: &str, alg: Algorithm, sub: &str) -> String {
+        self.token_of(ISS, kid, alg, sub)
+    }
+
+    /// A token of issuer `iss`.
+    fn token_of(&self, iss: &str, kid: &str, alg: Algorithm, sub: &str) -> String {
         let mut header = Header::new(alg);
         header.kid = Some(kid.into());
-        let claims = json!({"iss": ISS, "aud": "api", "sub": sub, "exp": now() + 600});
+        let claims = json!({"iss": iss, "aud": "api", "sub": sub, "exp": now() + 600});
         jsonwebtoken::encode(&header, &claims, &self.signing).unwrap()
     }
 }
@@ -546,4 +552,203 @@ async fn an_https_jwks_url_may_name_its_ca_file() {
         .err()
         .unwrap();
     assert!(err.contains("ca_file needs an https:// jwks_url"), "{err}");
+}
+
+/// An OpenID provider's configuration endpoint: answers
+/// `/.well-known/openid-configuration` with `status` and `doc`, and
+/// counts the reads. Its issuer is its own `http://` address.
+#[derive(Clone)]
+struct Oidc {
+    issuer: String,
+    answer: Arc<Mutex<(u16, Value)>>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl Oidc {
+    /// A provider whose configuration names the JWK Set at `jwks_uri`.
+    async fn start(jwks_uri: &str) -> Oidc {
+        let answer = Arc::new(Mutex::new((200, Value::Null)));
+        let reads = Arc::new(AtomicUsize::new(0));
+        let (a, n) = (Arc::clone(&answer), Arc::clone(&reads));
+        let addr = serve_upstream(move |req: Request<Incoming>| {
+            let (a, n) = (Arc::clone(&a), Arc::clone(&n));
+            async move {
+                assert_eq!(req.uri().path(), "/.well-known/openid-configuration");
+                n.fetch_add(1, Ordering::SeqCst);
+                let (status, doc) = a.lock().unwrap().clone();
+                let mut rsp = Response::new(Full::new(Bytes::from(doc.to_string())));
+                *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
+                Ok::<_, Infallible>(rsp)
+            }
+        })
+        .await;
+        let oidc = Oidc {
+            issuer: format!("http://{addr}"),
+            answer,
+            reads,
+        };
+        oidc.describe(&oidc.issuer.clone(), jwks_uri);
+        oidc
+    }
+
+    fn describe(&self, issuer: &str, jwks_uri: &str) {
+        let doc = json!({
+            "issuer": issuer,
+            "jwks_uri": jwks_uri,
+            "token_endpoint": format!("{issuer}/token"),
+            "id_token_signing_alg_values_supported": ["RS256"],
+        });
+        self.answer.lock().unwrap().1 = doc;
+    }
+
+    fn answer(&self, status: u16) {
+        self.answer.lock().unwrap().0 = status;
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    /// A gateway that discovers this provider's keys.
+    fn config(&self, upstream: std::net::SocketAddr, refresh: &str) -> String {
+        config_with(
+            upstream,
+            &format!(
+                r#"
+[[issuers]]
+issuer = "{}"
+discovery = true
+jwks_refresh = "{refresh}"
+audiences = ["api"]
+algorithms = ["RS256"]
+
+[[routes]]
+path_prefix = "/api"
+upstream = "up"
+"#,
+                self.issuer
+            ),
+        )
+    }
+}
+
+/// `discovery = true`: the JWK Set named by the issuer's configuration
+/// (on another server here, as Google's is) verifies the issuer's tokens.
+#[tokio::test]
+async fn discovery_reads_the_jwks_uri_from_the_openid_configuration() {
+    let up = TestUpstream::start().await;
+    let (k1, stranger) = (IdpKey::new("k1"), IdpKey::new("k1"));
+    let idp = Idp::start(&[&k1]).await;
+    let oidc = Oidc::start(&idp.url).await;
+    let gw = TestGateway::start(&oidc.config(up.addr, "10m")).await;
+    let fetched = eventually(Duration::from_secs(10), || async { gw.shared.keys_ready() });
+    assert!(fetched.await, "the keys were not discovered");
+    assert_eq!((oidc.reads(), idp.fetches()), (1, 1));
+
+    let token = k1.token_of(&oidc.issuer, "k1", Algorithm::RS256, "alice");
+    let r = get_with_token(&gw.url("/api"), &token).await;
+    assert_eq!(r.status, 200, "{}", reason(&r));
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("alice")
+    );
+    let forged = stranger.token_of(&oidc.issuer, "k1", Algorithm::RS256, "mallory");
+    let r = get_with_token(&gw.url("/api"), &forged).await;
+    assert_eq!(r.status, 401);
+    // The configured issuer, not the discovery document, decides `iss`.
+    let r = get_with_token(&gw.url("/api"), &k1.token("bob")).await;
+    assert_eq!(r.status, 401);
+    assert!(reason(&r).contains("unknown issuer"), "{}", reason(&r));
+}
+
+/// A configuration that names another issuer is not followed (OpenID
+/// Discovery §4.3): its `jwks_uri` is never fetched and tokens get 503.
+#[tokio::test]
+async fn a_configuration_of_another_issuer_is_refused() {
+    let up = TestUpstream::start().await;
+    let k1 = IdpKey::new("k1");
+    let idp = Idp::start(&[&k1]).await;
+    let oidc = Oidc::start(&idp.url).await;
+    oidc.describe("https://attacker.test/", &idp.url);
+    let gw = TestGateway::start(&oidc.config(up.addr, "10m")).await;
+    // Retried after 1 s: two reads, and no key.
+    let retried = eventually(Duration::from_secs(10), || async { oidc.reads() >= 2 });
+    assert!(retried.await);
+    assert!(!gw.shared.keys_ready());
+    assert_eq!(
+        idp.fetches(),
+        0,
+        "the jwks_uri of another issuer was fetched"
+    );
+    let token = k1.token_of(&oidc.issuer, "k1", Algorithm::RS256, "alice");
+    let r = get_with_token(&gw.url("/api"), &token).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+}
+
+/// The configuration is read again before each fetch; while it cannot be
+/// read, the `jwks_uri` it gave last is used, so a key rotated in is still
+/// picked up.
+#[tokio::test]
+async fn a_failing_configuration_keeps_the_jwks_uri_it_gave_before() {
+    let up = TestUpstream::start().await;
+    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
+    let idp = Idp::start(&[&k1]).await;
+    let oidc = Oidc::start(&idp.url).await;
+    let gw = TestGateway::start(&oidc.config(up.addr, "10m")).await;
+    let fetched = eventually(Duration::from_secs(10), || async { gw.shared.keys_ready() });
+    assert!(fetched.await);
+
+    oidc.answer(500);
+    idp.publish(&[&k1, &k2]);
+    let (reads, fetches) = (oidc.reads(), idp.fetches());
+    let token = k2.token_of(&oidc.issuer, "k2", Algorithm::RS256, "bob");
+    let r = get_with_token(&gw.url("/api"), &token).await;
+    assert_eq!(r.status, 200, "{}", reason(&r));
+    assert_eq!((oidc.reads(), idp.fetches()), (reads + 1, fetches + 1));
+
+    // Moved: the next fetch follows the configuration to the new set.
+    let (k3, moved) = (IdpKey::new("k3"), Idp::start(&[]).await);
+    moved.publish(&[&k3]);
+    oidc.describe(&oidc.issuer.clone(), &moved.url);
+    oidc.answer(200);
+    tokio::time::sleep(REFETCH_COOLDOWN_AND_A_BIT).await;
+    let token = k3.token_of(&oidc.issuer, "k3", Algorithm::RS256, "carol");
+    let r = get_with_token(&gw.url("/api"), &token).await;
+    assert_eq!(r.status, 200, "{}", reason(&r));
+    assert_eq!(moved.fetches(), 1);
+}
+
+/// On-demand fetches are one per `REFETCH_COOLDOWN` (10 s).
+const REFETCH_COOLDOWN_AND_A_BIT: Duration = Duration::from_millis(10_200);
+
+#[tokio::test]
+async fn discovery_needs_an_issuer_and_no_jwks_url() {
+    let up = TestUpstream::start().await;
+    let issuer = |extra: &str| {
+        config_with(
+            up.addr,
+            &format!("[[issuers]]\n{extra}\ndiscovery = true\nalgorithms = [\"RS256\"]\n"),
+        )
+    };
+    let err = TestGateway::try_start(&issuer("audiences = [\"api\"]"))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.contains("discovery needs an `issuer`"), "{err}");
+    let both = "issuer = \"https://idp.test\"\njwks_url = \"https://idp.test/k\"";
+    let err = TestGateway::try_start(&issuer(both)).await.err().unwrap();
+    assert!(err.contains("not both"), "{err}");
+    let err = TestGateway::try_start(&issuer("issuer = \"idp\""))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.contains("is not an http:// or https:// URL"), "{err}");
+    let ca = tls_dir().join("a.cert.pem");
+    let plain = format!(
+        "issuer = \"http://127.0.0.1:9\"\nca_file = \"{}\"",
+        ca.display()
+    );
+    let err = TestGateway::try_start(&issuer(&plain)).await.err().unwrap();
+    assert!(err.contains("ca_file needs an https://"), "{err}");
 }

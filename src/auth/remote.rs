@@ -17,9 +17,14 @@
 //! verified-claims cache is emptied, so a token verified with the old key is
 //! checked again, not served from the cache until `max_ttl`.
 //!
+//! With `discovery = true` each fetch first reads the issuer's OpenID
+//! configuration for the set's URL ([`discovery`]); when that read fails,
+//! the URL it gave last is used.
+//!
 //! A reload (SIGHUP) hands the keys on to the new snapshot's issuer with the
 //! same URL and algorithms, so no token is refused while it fetches again.
 
+pub mod discovery;
 pub mod fetch;
 pub mod jwk;
 
@@ -28,6 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
+use http::Uri;
 use jsonwebtoken::Algorithm;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -74,6 +80,8 @@ pub struct RemoteKeys {
     failures: AtomicU32,
     /// Set when a reload has replaced the snapshot: the task ends.
     retired: AtomicBool,
+    /// With `discovery`: the `jwks_uri` the issuer's configuration gave last.
+    discovered: Mutex<Option<Uri>>,
 }
 
 impl RemoteKeys {
@@ -89,6 +97,7 @@ impl RemoteKeys {
             demand: Mutex::default(),
             failures: AtomicU32::new(0),
             retired: AtomicBool::new(false),
+            discovered: Mutex::new(None),
         }
     }
 
@@ -105,7 +114,9 @@ impl RemoteKeys {
     /// Takes on the keys `old` fetched, when it fetched from the same URL
     /// for the same algorithms (a reload).
     pub fn carry_from(&self, old: &RemoteKeys) {
-        let same_source = old.spec.url == self.spec.url && old.spec.ca_pem == self.spec.ca_pem;
+        let same_source = old.spec.url == self.spec.url
+            && old.spec.discovery == self.spec.discovery
+            && old.spec.ca_pem == self.spec.ca_pem;
         if same_source && old.algorithms == self.algorithms && old.is_fetched() {
             self.keys.store(old.keys.load_full());
         }
@@ -177,18 +188,53 @@ impl RemoteKeys {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// Puts a fetched set in place; whether a key was dropped or changed.
+    /// Where the JWK Set is fetched from: `jwks_url`, or with `discovery`
+    /// the `jwks_uri` of the issuer's OpenID configuration, read now. A
+    /// configuration that cannot be read leaves the `jwks_uri` it gave
+    /// before (if any) in use.
+    async fn jwks_url(&self) -> Result<Uri, String> {
+        let Some(issuer) = &self.spec.discovery else {
+            return Ok(self.spec.url.clone());
+        };
+        let from = &self.spec.url;
+        let read = match fetch::get(from, self.spec.ca_pem.as_deref()).await {
+            Ok(body) => discovery::jwks_uri(&body, issuer, from),
+            Err(why) => Err(why),
+        };
+        let mut last = self
+            .discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match (read, last.as_ref()) {
+            (Ok(uri), _) => {
+                if last.as_ref() != Some(&uri) {
+                    tracing::info!(issuer = %self.issuer, %uri, "jwks_uri discovered");
+                    *last = Some(uri.clone());
+                }
+                Ok(uri)
+            }
+            (Err(why), Some(before)) => {
+                tracing::warn!(issuer = %self.issuer, url = %from, %why,
+                    "OpenID configuration not read; using the jwks_uri it gave before");
+                Ok(before.clone())
+            }
+            (Err(why), None) => Err(format!("OpenID configuration at {from}: {why}")),
+        }
+    }
+
+    /// Puts the set fetched from `url` in place; whether a key was dropped
+    /// or changed.
     /// Logged when the set changed (the skipped keys too: a provider that
     /// also publishes an encryption key would otherwise warn every refresh).
-    fn install(&self, parsed: Parsed) -> bool {
+    fn install(&self, parsed: Parsed, url: &Uri) -> bool {
         let old = self.keys.load_full();
         let dropped = old.iter().any(|o| !parsed.keys.iter().any(|n| n.same(o)));
         let added = parsed.keys.iter().any(|n| !old.iter().any(|o| n.same(o)));
         if dropped || added {
             let kids: Vec<&str> = parsed.keys.iter().map(|f| &*f.key.id).collect();
-            tracing::info!(issuer = %self.issuer, url = %self.spec.url, ?kids, "JWKS fetched");
+            tracing::info!(issuer = %self.issuer, %url, ?kids, "JWKS fetched");
             for why in &parsed.skipped {
-                tracing::warn!(issuer = %self.issuer, url = %self.spec.url, "JWK skipped: {why}");
+                tracing::warn!(issuer = %self.issuer, %url, "JWK skipped: {why}");
             }
         }
         self.keys.store(Arc::new(parsed.keys));
@@ -223,16 +269,21 @@ async fn watch(remote: Weak<RemoteKeys>, on_dropped: impl Fn() + Send + 'static)
             return;
         }
         let number = r.started.fetch_add(1, Ordering::SeqCst) + 1;
-        let outcome = match fetch::get(&r.spec.url, r.spec.ca_pem.as_deref()).await {
-            Ok(body) => jwk::parse(&body, r.algorithms.as_deref()),
-            Err(why) => Err(why),
+        let url = r.jwks_url().await;
+        let outcome = match &url {
+            Ok(url) => match fetch::get(url, r.spec.ca_pem.as_deref()).await {
+                Ok(body) => jwk::parse(&body, r.algorithms.as_deref()),
+                Err(why) => Err(why),
+            },
+            Err(why) => Err(why.clone()),
         };
+        let url = url.as_ref().unwrap_or(&r.spec.url);
         // A fetch that finishes after a reload still serves the requests of
         // the replaced snapshot that wait for it (the new one fetches too).
         let wait = match outcome {
             Ok(parsed) => {
                 r.failures.store(0, Ordering::Relaxed);
-                if r.install(parsed) {
+                if r.install(parsed, url) {
                     tracing::info!(issuer = %r.issuer,
                         "a JWKS key was dropped or changed: verified-claims cache emptied");
                     on_dropped();
@@ -246,7 +297,7 @@ async fn watch(remote: Weak<RemoteKeys>, on_dropped: impl Fn() + Send + 'static)
                 } else {
                     "no keys yet: its tokens are refused"
                 };
-                tracing::warn!(issuer = %r.issuer, url = %r.spec.url, %why, failures,
+                tracing::warn!(issuer = %r.issuer, %url, %why, failures,
                     "JWKS fetch failed; {keeping}");
                 backoff(failures).min(r.spec.refresh)
             }
@@ -277,6 +328,7 @@ mod tests {
             url: "http://127.0.0.1:9/jwks".parse().unwrap(),
             refresh: Duration::from_secs(600),
             ca_pem: None,
+            discovery: None,
         };
         RemoteKeys::new("idp", spec, None)
     }

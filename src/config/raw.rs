@@ -158,6 +158,8 @@ pub struct RawIssuer {
     pub audiences: Option<Vec<String>>,
     pub algorithms: Option<Vec<Spanned<String>>>,
     pub jwks_refresh: Option<Spanned<Dur>>,
+    /// Read the `jwks_url` from `<issuer>/.well-known/openid-configuration`.
+    pub discovery: Option<Spanned<bool>>,
     /// An `https://` jwks_url: PEM certificates trusted instead of the system's.
     pub ca_file: Option<Spanned<String>>,
 }

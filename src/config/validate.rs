@@ -14,6 +14,7 @@ use super::raw::{
 };
 use super::units::Dur;
 use super::*;
+use crate::auth::remote::discovery;
 use crate::client_tls;
 
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
@@ -485,13 +486,45 @@ fn issuers(raw: &RawConfig, keys: &[KeySpec], path: &Path, d: &mut Diags<'_>) ->
     for i in &raw.issuers {
         let span = i.span();
         let i = i.get_ref();
-        let jwks = match (&i.jwks_url, &i.jwks_refresh) {
-            (Some(url), refresh) => jwks(url, refresh.as_ref(), i.ca_file.as_ref(), path, d),
-            (None, Some(refresh)) => {
-                d.at(Some(&refresh.span()), "jwks_refresh needs a jwks_url");
+        let discovery = i.discovery.as_ref().filter(|on| *on.get_ref());
+        let source = match (&i.jwks_url, discovery, &i.issuer) {
+            (Some(url), None, _) => Some(JwksSource {
+                url: url.get_ref().clone(),
+                span: url.span(),
+                discovery: None,
+            }),
+            (None, Some(on), Some(issuer)) => Some(JwksSource {
+                url: discovery::configuration_url(issuer),
+                span: on.span(),
+                discovery: Some(issuer.clone()),
+            }),
+            (None, Some(on), None) => {
+                d.at(
+                    Some(&on.span()),
+                    "discovery needs an `issuer`: its OpenID configuration is read from \
+                     <issuer>/.well-known/openid-configuration",
+                );
                 None
             }
-            (None, None) => None,
+            (Some(url), Some(_), _) => {
+                d.at(
+                    Some(&url.span()),
+                    "give a jwks_url or `discovery = true`, not both",
+                );
+                None
+            }
+            (None, None, _) => None,
+        };
+        let jwks = match (source, &i.jwks_refresh) {
+            (Some(source), refresh) => jwks(source, refresh.as_ref(), i.ca_file.as_ref(), path, d),
+            (None, Some(refresh)) if i.jwks_url.is_none() && discovery.is_none() => {
+                d.at(
+                    Some(&refresh.span()),
+                    "jwks_refresh needs a jwks_url or `discovery = true`",
+                );
+                None
+            }
+            (None, _) => None,
         };
         if !seen.insert(i.issuer.as_deref()) {
             let what = i.issuer.as_deref().map_or_else(
@@ -503,17 +536,21 @@ fn issuers(raw: &RawConfig, keys: &[KeySpec], path: &Path, d: &mut Diags<'_>) ->
                 format!("{what} is configured twice (the [tokens] issuer counts too)"),
             );
         }
-        let https = i
-            .jwks_url
-            .as_ref()
-            .is_some_and(|u| u.get_ref().starts_with("https://"));
+        let https = match (&i.jwks_url, discovery, &i.issuer) {
+            (Some(url), _, _) => url.get_ref().starts_with("https://"),
+            (None, Some(_), Some(issuer)) => issuer.starts_with("https://"),
+            _ => false,
+        };
         if let (Some(ca), false) = (&i.ca_file, https) {
-            d.at(Some(&ca.span()), "ca_file needs an https:// jwks_url");
+            d.at(
+                Some(&ca.span()),
+                "ca_file needs an https:// jwks_url (or an https:// issuer with discovery)",
+            );
         }
-        if i.keys.is_empty() && i.jwks_url.is_none() {
+        if i.keys.is_empty() && i.jwks_url.is_none() && discovery.is_none() {
             d.at(
                 Some(&span),
-                "an issuer needs `keys = [...]` or a `jwks_url`",
+                "an issuer needs `keys = [...]`, a `jwks_url` or `discovery = true`",
             );
         }
         for k in &i.keys {
@@ -570,33 +607,52 @@ const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
 /// The shortest `jwks_refresh`: an identity provider is someone else's server.
 const MIN_JWKS_REFRESH: Duration = Duration::from_secs(1);
 
+/// Where an issuer's keys are fetched from, before it is checked.
+struct JwksSource {
+    /// `jwks_url`, or the OpenID configuration's URL.
+    url: String,
+    /// Of `jwks_url`, or of `discovery`.
+    span: Range<usize>,
+    /// With `discovery`: the issuer.
+    discovery: Option<String>,
+}
+
 fn jwks(
-    url: &Spanned<String>,
+    source: JwksSource,
     refresh: Option<&Spanned<Dur>>,
     ca: Option<&Spanned<String>>,
     path: &Path,
     d: &mut Diags<'_>,
 ) -> Option<JwksSpec> {
-    let s = url.get_ref();
+    let s = &source.url;
+    // What the URL comes from, for the messages.
+    let what = match &source.discovery {
+        None => format!("jwks_url `{s}`"),
+        Some(issuer) => format!("issuer `{issuer}` (discovery reads `{s}`)"),
+    };
     let uri = match s.parse::<http::Uri>() {
         Ok(uri)
             if matches!(uri.scheme_str(), Some("http" | "https"))
-                && uri.authority().is_some_and(|a| !a.host().is_empty()) =>
+                && uri.authority().is_some_and(|a| !a.host().is_empty())
+                && source
+                    .discovery
+                    .as_ref()
+                    .is_none_or(|issuer| !issuer.contains(['?', '#'])) =>
         {
             uri
         }
         _ => {
             d.at(
-                Some(&url.span()),
-                format!("jwks_url `{s}` is not an http:// or https:// URL"),
+                Some(&source.span),
+                format!("{what} is not an http:// or https:// URL"),
             );
             return None;
         }
     };
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         d.at(
-            Some(&url.span()),
-            format!("jwks_url `{s}` must not carry credentials"),
+            Some(&source.span),
+            format!("{what} must not carry credentials"),
         );
         return None;
     }
@@ -614,6 +670,7 @@ fn jwks(
     };
     Some(JwksSpec {
         url: uri,
+        discovery: source.discovery,
         refresh,
         ca_pem,
     })
