@@ -186,7 +186,7 @@ fn jwks_urls_are_http_or_https_with_a_refresh_of_a_second_or_more() {
         ),
         (
             "audiences = [\"api\"]",
-            "needs `keys = [...]` or a `jwks_url`",
+            "needs `keys = [...]`, a `jwks_url` or `discovery = true`",
         ),
         (
             "jwks_url = \"https://idp/k\"\nalgorithms = [\"HS256\"]",
