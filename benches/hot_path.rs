@@ -156,6 +156,7 @@ fn bench(c: &mut Criterion) {
         via: &via,
         host: Some(HeaderValue::from_static("api.example.com")),
         https: false,
+        client_cert: None,
     };
     let ids = snap.verifier.identity();
     c.bench_function("header_rewrite", |b| {

@@ -21,7 +21,7 @@ use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 pub use diag::{Diag, Loc};
-pub use raw::{AuthMode, LogFormat, Protocol};
+pub use raw::{AuthMode, ClientAuth, LogFormat, Protocol};
 pub use units::parse_duration;
 
 pub use crate::login::ratelimit::Rate;
@@ -74,6 +74,9 @@ pub struct TlsFiles {
     pub key_pem: Vec<u8>,
     /// Where `tls` is written, for errors found when the files are parsed.
     pub loc: Loc,
+    /// `client_ca`: the roots a client certificate must chain to, and
+    /// whether one is required (`client_auth`).
+    pub clients: Option<(Arc<tokio_rustls::rustls::RootCertStore>, ClientAuth)>,
 }
 
 impl std::fmt::Debug for TlsFiles {
@@ -82,6 +85,13 @@ impl std::fmt::Debug for TlsFiles {
         f.debug_struct("TlsFiles")
             .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
             .field("key_pem", &"<redacted>")
+            .field(
+                "clients",
+                &self
+                    .clients
+                    .as_ref()
+                    .map(|(roots, auth)| (roots.len(), auth)),
+            )
             .finish()
     }
 }

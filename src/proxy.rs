@@ -44,10 +44,17 @@ pub struct Peer {
     guard: forward::ConnGuard,
     /// The connection is TLS: `X-Forwarded-Proto: https`.
     pub(crate) https: bool,
+    /// The client's verified certificate, as `X-Forwarded-Client-Cert`.
+    client_cert: Option<HeaderValue>,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, guard: forward::ConnGuard, https: bool) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        guard: forward::ConnGuard,
+        https: bool,
+        client_cert: Option<HeaderValue>,
+    ) -> Self {
         let value = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
         Peer {
@@ -57,6 +64,7 @@ impl Peer {
             last_token: LastToken::default(),
             guard,
             https,
+            client_cert,
         }
     }
 }
@@ -410,6 +418,7 @@ fn rewrite_headers(
     };
     let down = Downstream {
         https: peer.https,
+        client_cert: peer.client_cert.as_ref(),
         peer: ip,
         peer_value: &peer.value,
         trusted,

@@ -231,6 +231,8 @@ struct ConnCtx {
     permit: Arc<(OwnedSemaphorePermit, OpenConnection)>,
     /// Served over TLS: `X-Forwarded-Proto: https`.
     https: bool,
+    /// The client's verified certificate, as `X-Forwarded-Client-Cert`.
+    client_cert: Option<http::HeaderValue>,
 }
 
 /// Serves one client connection on its own task, over TLS when `tls` is
@@ -247,13 +249,14 @@ fn spawn_connection(
     let _ = stream.set_nodelay(true);
     let (limit, max_head) = (settings.header_read_timeout, settings.max_header_bytes);
     let drain_started = Arc::clone(drain);
-    let ctx = ConnCtx {
+    let mut ctx = ConnCtx {
         peer,
         permit: Arc::new((permit, shared.metrics.connection_opened())),
         shared: Arc::clone(shared),
         settings: Arc::clone(settings),
         drain: Arc::clone(drain),
         https: tls.is_some(),
+        client_cert: None,
     };
     let tls = tls.cloned();
     tokio::spawn(async move {
@@ -281,6 +284,7 @@ fn spawn_connection(
                 };
                 // ALPN tells HTTP/1.1 from HTTP/2.
                 let h2 = tls::negotiated_h2(stream.get_ref().1);
+                ctx.client_cert = tls::forwarded_client_cert(stream.get_ref().1);
                 let (stream, framing) = framing::sniff(stream, max_head);
                 serve_http(stream, framing, h2, ctx).await
             }
@@ -344,9 +348,10 @@ where
         drain,
         permit,
         https,
+        client_cert,
     } = ctx;
     let guard = ConnGuard(permit as Arc<dyn std::any::Any + Send + Sync>);
-    let client = Arc::new(Peer::new(peer, guard, https));
+    let client = Arc::new(Peer::new(peer, guard, https, client_cert));
     // The service captures `Shared`, not a snapshot: keep-alive
     // connections see a reload on their next request.
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {

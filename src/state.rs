@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub login: Option<Login>,
     /// `[server] tls`, parsed: the certificate handshakes are answered with.
     pub tls: Option<Arc<tokio_rustls::rustls::sign::CertifiedKey>>,
+    /// `[server] tls.client_ca`, parsed: checks client certificates.
+    pub client_verifier: Option<Arc<dyn tokio_rustls::rustls::server::danger::ClientCertVerifier>>,
     /// The gateway's counters: the same for every snapshot it serves
     /// ([`Gateway::store_snapshot`] hands them on).
     pub metrics: Arc<Metrics>,
@@ -239,19 +241,25 @@ impl Snapshot {
         let cache = ClaimsCache::new(config.cache.max_entries, config.cache.max_ttl);
         let upstreams = config.upstreams.iter().map(Upstream::new).collect();
         let login = config.login.as_ref().map(Login::new).transpose()?;
-        let tls = match &mut config.server.tls {
-            None => None,
+        let (tls, client_verifier) = match &mut config.server.tls {
+            None => (None, None),
             Some(files) => {
-                let key = crate::server::tls::certified_key(files).map_err(|message| {
+                let at = |message| {
                     ConfigErrors(vec![Diag {
                         file: config.path.clone(),
                         loc: files.loc,
                         message,
                     }])
-                })?;
+                };
+                let key = crate::server::tls::certified_key(files).map_err(at)?;
+                let clients = files.clients.clone();
+                let verifier = clients
+                    .map(|(roots, auth)| crate::server::tls::client_verifier(roots, auth))
+                    .transpose()
+                    .map_err(at)?;
                 // rustls holds the key now; the PEM need not stay in memory.
                 files.key_pem = Vec::new();
-                Some(key)
+                (Some(key), verifier)
             }
         };
         Ok(Snapshot {
@@ -264,6 +272,7 @@ impl Snapshot {
             upstreams,
             config,
             tls,
+            client_verifier,
             metrics: Arc::default(),
         })
     }

@@ -1,6 +1,7 @@
 //! TLS termination (`[server] tls`): HTTP/1.1 and HTTP/2 chosen by ALPN,
 //! `X-Forwarded-Proto: https`, a stalled handshake cut off, the
-//! certificate replaced by a reload, and bad files refused at load.
+//! certificate replaced by a reload, bad files refused at load, and client
+//! certificates (`client_ca`) asked for and described to the upstream.
 //!
 //! `tests/data/tls` holds two self-signed test certificates (P-256, for
 //! `localhost` and 127.0.0.1, valid from 2020 to 2126, CA:FALSE,
@@ -31,6 +32,8 @@ const A_CERT: &str = include_str!("data/tls/a.cert.pem");
 const A_KEY: &str = include_str!("data/tls/a.key.pem");
 const B_CERT: &str = include_str!("data/tls/b.cert.pem");
 const B_KEY: &str = include_str!("data/tls/b.key.pem");
+const CLIENT_CERT: &str = include_str!("data/tls/client.cert.pem");
+const CLIENT_KEY: &str = include_str!("data/tls/client.key.pem");
 
 const TLS: &str = "tls = { cert = \"cert.pem\", key = \"key.pem\" }";
 
@@ -303,4 +306,204 @@ async fn discovery_behind_a_trusted_tls_proxy_advertises_https_urls() {
         .await
         .json();
     assert!(endpoint(&doc).starts_with("http://"), "untrusted: {doc}");
+}
+
+/// A gateway asking for client certificates issued by `client.cert.pem`
+/// (itself), with `client_auth` when given.
+async fn mtls_gateway(upstream: std::net::SocketAddr, client_auth: Option<&str>) -> TestGateway {
+    let auth = client_auth.map_or(String::new(), |a| format!(", client_auth = \"{a}\""));
+    let config = tls_config(upstream).replace(
+        TLS,
+        &format!(
+            "tls = {{ cert = \"cert.pem\", key = \"key.pem\", client_ca = \"clients.pem\"{auth} }}"
+        ),
+    );
+    let files = [
+        ("cert.pem", A_CERT),
+        ("key.pem", A_KEY),
+        ("clients.pem", CLIENT_CERT),
+    ];
+    TestGateway::start_with_files(&config, &files).await
+}
+
+/// An HTTP/1.1 exchange over TLS presenting `identity` (certificate and
+/// key PEM) or no certificate; `Err` when the gateway refuses it.
+async fn get_with_identity(
+    gw: &TestGateway,
+    identity: Option<(&str, &str)>,
+    xfcc: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(A_CERT.as_bytes()).unwrap())
+        .unwrap();
+    let builder = ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+            let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    tokio::spawn(conn);
+    let mut req = get_x();
+    if let Some(forged) = xfcc {
+        req.headers_mut()
+            .insert("x-forwarded-client-cert", forged.parse().unwrap());
+    }
+    // TLS 1.3: a refused certificate is reported after the client's
+    // handshake is done, at its first read.
+    let rsp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    Ok(echo(rsp).await)
+}
+
+/// Envoy's `Hash=` of the client certificate: SHA-256 of its DER, in hex.
+fn client_cert_hash() -> String {
+    let der = CertificateDer::from_pem_slice(CLIENT_CERT.as_bytes()).unwrap();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ca_requires_a_certificate_and_describes_it_upstream() {
+    let up = TestUpstream::start().await;
+    let gw = mtls_gateway(up.addr, None).await;
+    let seen = get_with_identity(&gw, Some((CLIENT_CERT, CLIENT_KEY)), Some("Hash=forged"))
+        .await
+        .unwrap();
+    let xfcc = &seen["headers"]["x-forwarded-client-cert"];
+    assert_eq!(xfcc.as_array().unwrap().len(), 1, "{xfcc}");
+    assert_eq!(
+        xfcc[0],
+        format!(
+            "Hash={};Subject=\"CN=gatehouse test client\"",
+            client_cert_hash()
+        )
+    );
+    assert_eq!(seen["headers"]["x-auth-subject"][0], "alice");
+
+    // No certificate, or one of another issuer (the server's own): refused.
+    let hits = up.hits();
+    let err = get_with_identity(&gw, None, None).await.unwrap_err();
+    assert!(
+        err.contains("request") || err.contains("handshake"),
+        "{err}"
+    );
+    let err = get_with_identity(&gw, Some((A_CERT, A_KEY)), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("request") || err.contains("handshake"),
+        "{err}"
+    );
+    assert_eq!(up.hits(), hits, "a refused client reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_client_auth_serves_clients_without_a_certificate() {
+    let up = TestUpstream::start().await;
+    let gw = mtls_gateway(up.addr, Some("optional")).await;
+    // No certificate: served, and a forged header does not reach the upstream.
+    let seen = get_with_identity(&gw, None, Some("Hash=forged;Subject=\"CN=admin\""))
+        .await
+        .unwrap();
+    assert!(
+        seen["headers"].get("x-forwarded-client-cert").is_none(),
+        "{seen}"
+    );
+    let seen = get_with_identity(&gw, Some((CLIENT_CERT, CLIENT_KEY)), None)
+        .await
+        .unwrap();
+    let xfcc = seen["headers"]["x-forwarded-client-cert"][0]
+        .as_str()
+        .unwrap();
+    assert!(
+        xfcc.starts_with(&format!("Hash={};", client_cert_hash())),
+        "{xfcc}"
+    );
+    // A certificate that does not chain to client_ca is still refused.
+    assert!(
+        get_with_identity(&gw, Some((A_CERT, A_KEY)), None)
+            .await
+            .is_err()
+    );
+}
+
+/// `client_ca` follows reloads, as the certificate does; a listener
+/// without it never asks and strips the header a client sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_client_certificates_on() {
+    let up = TestUpstream::start().await;
+    let gw = tls_gateway(up.addr).await;
+    let seen = get_with_identity(&gw, Some((CLIENT_CERT, CLIENT_KEY)), Some("Hash=forged"))
+        .await
+        .unwrap();
+    assert!(
+        seen["headers"].get("x-forwarded-client-cert").is_none(),
+        "{seen}"
+    );
+
+    std::fs::write(gw.dir.path().join("clients.pem"), CLIENT_CERT).unwrap();
+    let config = tls_config(up.addr).replace(
+        TLS,
+        "tls = { cert = \"cert.pem\", key = \"key.pem\", client_ca = \"clients.pem\" }",
+    );
+    let path = write_config(gw.dir.path(), &config);
+    gw.shared.store_snapshot(Snapshot::load(&path).unwrap());
+    assert!(get_with_identity(&gw, None, None).await.is_err());
+    let seen = get_with_identity(&gw, Some((CLIENT_CERT, CLIENT_KEY)), None)
+        .await
+        .unwrap();
+    assert!(seen["headers"]["x-forwarded-client-cert"][0].is_string());
+}
+
+#[tokio::test]
+async fn bad_client_ca_settings_are_refused_at_load() {
+    let up = TestUpstream::start().await;
+    let with = |tls: &str| tls_config(up.addr).replace(TLS, tls);
+    let files = [
+        ("cert.pem", A_CERT),
+        ("key.pem", A_KEY),
+        ("bad.pem", "not a certificate"),
+    ];
+    for (tls, message) in [
+        (
+            "tls = { cert = \"cert.pem\", key = \"key.pem\", client_auth = \"optional\" }",
+            "client_auth needs a client_ca",
+        ),
+        (
+            "tls = { cert = \"cert.pem\", key = \"key.pem\", client_ca = \"bad.pem\" }",
+            "client_ca:",
+        ),
+        (
+            "tls = { cert = \"cert.pem\", key = \"key.pem\", client_ca = \"cert.pem\", client_auth = \"sometimes\" }",
+            "unknown variant",
+        ),
+    ] {
+        let err = TestGateway::try_start_with_files(&with(tls), &files)
+            .await
+            .err()
+            .unwrap();
+        assert!(err.contains(message), "{tls}: {err}");
+    }
 }

@@ -41,7 +41,7 @@ pub struct RawConfig {
 pub struct RawServer {
     pub listen: Spanned<String>,
     pub admin_listen: Spanned<String>,
-    pub tls: Option<Spanned<RawTls>>,
+    pub tls: Option<Spanned<RawServerTls>>,
     pub request_timeout: Dur,
     pub header_read_timeout: Dur,
     pub max_header_bytes: Spanned<usize>,
@@ -58,6 +58,26 @@ pub struct RawServer {
 pub struct RawTls {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
+}
+
+/// `[server] tls = { cert, key }`, with `client_ca` (and `client_auth`) to
+/// ask clients for a certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub client_ca: Option<Spanned<String>>,
+    pub client_auth: Option<Spanned<ClientAuth>>,
+}
+
+/// Whether a client without a certificate is served (`client_ca` given).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
 }
 
 impl Default for RawServer {

@@ -273,10 +273,22 @@ fn server(s: &RawServer, path: &Path, d: &mut Diags<'_>) -> Option<ServerConfig>
         let files = tls.get_ref();
         let cert = read_file(&files.cert, path, d);
         let key = read_file(&files.key, path, d);
+        let clients = match (&files.client_ca, &files.client_auth) {
+            (Some(ca), auth) => {
+                let auth = auth.as_ref().map_or(ClientAuth::Required, |a| *a.get_ref());
+                trusted_roots(ca, "client_ca", path, d).map(|(_, roots)| Some((roots.into(), auth)))
+            }
+            (None, Some(auth)) => {
+                d.at(Some(&auth.span()), "client_auth needs a client_ca");
+                None
+            }
+            (None, None) => Some(None),
+        };
         Some(TlsFiles {
             cert_pem: cert?,
             key_pem: key?,
             loc: d.loc(&tls.span()),
+            clients: clients?,
         })
     });
     if *s.max_header_bytes.get_ref() < MIN_HEADER_BYTES {
@@ -778,11 +790,22 @@ fn ca_file(
     path: &Path,
     d: &mut Diags<'_>,
 ) -> Option<(Vec<u8>, tokio_rustls::rustls::RootCertStore)> {
-    let pem = read_file(ca, path, d)?;
+    trusted_roots(ca, "ca_file", path, d)
+}
+
+/// A file of PEM certificates (the setting `what`): its PEM, and the
+/// certificates as trusted roots.
+fn trusted_roots(
+    file: &Spanned<String>,
+    what: &str,
+    path: &Path,
+    d: &mut Diags<'_>,
+) -> Option<(Vec<u8>, tokio_rustls::rustls::RootCertStore)> {
+    let pem = read_file(file, path, d)?;
     match client_tls::roots_from_pem(&pem) {
         Ok(roots) => Some((pem, roots)),
         Err(e) => {
-            d.at(Some(&ca.span()), format!("ca_file: {e}"));
+            d.at(Some(&file.span()), format!("{what}: {e}"));
             None
         }
     }

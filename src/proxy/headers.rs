@@ -8,6 +8,8 @@
 //!   `X-Forwarded-Proto`/`-Host` are set.
 //! - Every configured identity header is removed and, for a verified caller,
 //!   set from the verified claims: a client can never forge one.
+//! - `X-Forwarded-Client-Cert` is set from the client's verified certificate
+//!   (`client_ca`); without one it is removed unless the peer is trusted.
 
 use std::net::IpAddr;
 
@@ -32,6 +34,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = header::FORWARDED;
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Which of the names the rewrite acts on a message carries, found in one
 /// pass over its names. Every `HeaderMap` lookup or removal hashes the name
@@ -54,6 +57,7 @@ impl Seen {
     const IDENTITY: u32 = 1 << 14;
     /// A name with `_`: maybe an alias of one of ours (`strip_underscore_aliases`).
     const UNDERSCORE: u32 = 1 << 15;
+    const X_FORWARDED_CLIENT_CERT: u32 = 1 << 16;
 
     /// One pass over the names of `h`. With `ids` (a request's scan) it
     /// also looks for identity headers and `_` spellings; a response's scan
@@ -82,6 +86,7 @@ impl Seen {
                 "x-forwarded-host" => Self::X_FORWARDED_HOST,
                 "forwarded" => Self::FORWARDED,
                 "authorization" => Self::AUTHORIZATION,
+                "x-forwarded-client-cert" => Self::X_FORWARDED_CLIENT_CERT,
                 s if ids.is_some() && s.as_bytes().contains(&b'_') => Self::UNDERSCORE,
                 _ => 0,
             };
@@ -174,6 +179,8 @@ pub struct Downstream<'a> {
     pub host: Option<HeaderValue>,
     /// The client connection is TLS: `X-Forwarded-Proto: https`.
     pub https: bool,
+    /// The client's verified certificate, as `X-Forwarded-Client-Cert`.
+    pub client_cert: Option<&'a HeaderValue>,
 }
 
 /// Rewrites a request's headers for the upstream, in this order: drops the
@@ -198,8 +205,14 @@ pub fn rewrite_request(
     set_identity(h, ids, caller, seen);
 }
 
-/// Sets `Via`, `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
+/// Sets `Via`, `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`
+/// and `X-Forwarded-Client-Cert`.
 fn set_forwarding(h: &mut HeaderMap, down: &Downstream<'_>, seen: Seen) {
+    if let Some(cert) = down.client_cert {
+        h.insert(&X_FORWARDED_CLIENT_CERT, cert.clone());
+    } else if !down.trusted && seen.has(Seen::X_FORWARDED_CLIENT_CERT) {
+        h.remove(&X_FORWARDED_CLIENT_CERT);
+    }
     h.append(header::VIA, down.via.clone());
     let peer = down.peer_value.clone();
     let xff = if down.trusted && seen.has(Seen::X_FORWARDED_FOR) {
@@ -248,6 +261,7 @@ fn strip_underscore_aliases(h: &mut HeaderMap, ids: &Identity) {
         &X_FORWARDED_PROTO,
         &X_FORWARDED_HOST,
         &FORWARDED,
+        &X_FORWARDED_CLIENT_CERT,
     ];
     let aliases: Vec<HeaderName> = h
         .keys()
@@ -366,6 +380,7 @@ mod tests {
             via: &VIA,
             host: None,
             https: false,
+            client_cert: None,
         }
     }
 
@@ -393,6 +408,35 @@ mod tests {
         forwarding(&mut h, true);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn a_client_cert_header_is_ours_kept_from_a_trusted_peer_or_dropped() {
+        let forged = || {
+            map(&[
+                ("x-forwarded-client-cert", "Hash=forged"),
+                ("x_forwarded_client_cert", "Hash=alias"),
+            ])
+        };
+        let mut h = forged();
+        rewrite(&mut h, &ids(), false);
+        assert!(h.get("x-forwarded-client-cert").is_none());
+        assert!(h.get("x_forwarded_client_cert").is_none());
+        let mut h = forged();
+        forwarding(&mut h, true);
+        assert_eq!(h["x-forwarded-client-cert"], "Hash=forged");
+        let ours = HeaderValue::from_static("Hash=00");
+        for trusted in [false, true] {
+            let mut h = forged();
+            let down = Downstream {
+                client_cert: Some(&ours),
+                ..down(trusted)
+            };
+            let seen = Seen::scan(&h, None);
+            set_forwarding(&mut h, &down, seen);
+            let all: Vec<_> = h.get_all("x-forwarded-client-cert").iter().collect();
+            assert_eq!(all, [&ours], "trusted: {trusted}");
+        }
     }
 
     #[test]
