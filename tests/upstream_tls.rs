@@ -80,6 +80,58 @@ async fn an_untrusted_or_misnamed_certificate_is_a_502() {
     }
 }
 
+/// `server_name`: asked for (SNI) and checked in place of the target's
+/// host, as nginx's `proxy_ssl_name` and Envoy's `sni` do; the `Host` the
+/// upstream gets does not change.
+#[tokio::test]
+async fn server_name_is_the_name_asked_for_and_checked() {
+    // `a` on an address its certificate does not name, reached by its name.
+    let up = TestUpstream::start_tls("127.0.0.2:0", "a").await;
+    let target = format!("https://{}", up.addr);
+    let gw = TestGateway::start(&tls_config(
+        &[target],
+        "a",
+        "server_name = \"localhost\"\npreserve_host = false",
+    ))
+    .await;
+    let r = get(&gw.url("/x"), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.upstream_header("host").unwrap(), up.addr.to_string());
+    assert_eq!(*up.server_names.lock().unwrap(), ["localhost"]);
+
+    // A name the certificate does not carry: 502, and no request arrives.
+    let (log, _capture) = capture_logs();
+    let target = format!("https://localhost:{}", up.addr.port());
+    let gw = TestGateway::start(&tls_config(
+        &[target.replace("localhost", "127.0.0.2")],
+        "a",
+        "server_name = \"api.internal\"",
+    ))
+    .await;
+    let hits = up.hits();
+    assert_eq!(get(&gw.url("/x"), &[]).await.status, 502);
+    assert_eq!(up.hits(), hits);
+    let log = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    assert!(log.contains("not valid for name \"api.internal\""), "{log}");
+
+    for (extra, targets, why) in [
+        (
+            "server_name = \"localhost\"",
+            vec!["http://127.0.0.1:9".to_string()],
+            "server_name needs an https:// target",
+        ),
+        (
+            "server_name = \"not a name\"",
+            vec![target],
+            "is not a DNS name or IP address",
+        ),
+    ] {
+        let config = pool_config(&targets, extra);
+        let err = TestGateway::try_start(&config).await.err().unwrap();
+        assert!(err.contains(why), "{extra}: {err}");
+    }
+}
+
 /// The same port spoken to in plain HTTP is no answer either: 502.
 #[tokio::test]
 async fn plain_http_to_a_tls_port_is_a_502() {

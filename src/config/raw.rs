@@ -262,6 +262,9 @@ pub struct RawUpstream {
     pub ca_file: Option<Spanned<String>>,
     /// The certificate and key `https://` targets get asked for (mTLS).
     pub client_cert: Option<Spanned<RawTls>>,
+    /// The name `https://` targets are asked for (SNI) and checked against,
+    /// instead of each target's host.
+    pub server_name: Option<Spanned<String>>,
     /// `false`: the target's host and port as `Host`, not the client's.
     #[serde(default = "default_true")]
     pub preserve_host: bool,

@@ -706,7 +706,7 @@ fn upstreams(raw: &[Spanned<RawUpstream>], path: &Path, d: &mut Diags<'_>) -> Ve
             );
         }
         let health_check = u.health_check.as_ref().and_then(|hc| health_check(hc, d));
-        let targets: Vec<Target> = u
+        let mut targets: Vec<Target> = u
             .targets
             .get_ref()
             .iter()
@@ -726,6 +726,9 @@ fn upstreams(raw: &[Spanned<RawUpstream>], path: &Path, d: &mut Diags<'_>) -> Ve
         let https = targets
             .iter()
             .any(|t| matches!(t, Target::Http { tls: Some(_), .. }));
+        if let Some(name) = &u.server_name {
+            server_name(name, https, &mut targets, d);
+        }
         let tls = upstream_tls(u, https, path, d);
         out.push(UpstreamSpec {
             name: u.name.get_ref().clone(),
@@ -739,6 +742,29 @@ fn upstreams(raw: &[Spanned<RawUpstream>], path: &Path, d: &mut Diags<'_>) -> Ve
         });
     }
     out
+}
+
+/// `server_name`: the name every `https://` target of the upstream is
+/// asked for and checked against, in place of its host.
+fn server_name(name: &Spanned<String>, https: bool, targets: &mut [Target], d: &mut Diags<'_>) {
+    if !https {
+        d.at(Some(&name.span()), "server_name needs an https:// target");
+        return;
+    }
+    let s = name.get_ref();
+    let parsed = tokio_rustls::rustls::pki_types::ServerName::try_from(s.clone());
+    let Ok(parsed) = parsed else {
+        d.at(
+            Some(&name.span()),
+            format!("server_name `{s}` is not a DNS name or IP address"),
+        );
+        return;
+    };
+    for t in targets {
+        if let Target::Http { tls: Some(tls), .. } = t {
+            *tls = parsed.clone();
+        }
+    }
 }
 
 /// How an upstream's `https://` targets are checked (`ca_file`, else the

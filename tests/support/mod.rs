@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::encoding::AsDer;
@@ -398,6 +398,8 @@ pub struct TestUpstream {
     pub hits: Arc<AtomicUsize>,
     /// Connections served (for TLS: handshakes completed).
     pub connections: Arc<AtomicUsize>,
+    /// The name (SNI) each completed TLS handshake asked for, "" for none.
+    pub server_names: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestUpstream {
@@ -425,13 +427,18 @@ impl TestUpstream {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (h, c) = (Arc::clone(&hits), Arc::clone(&connections));
+        let server_names = Arc::new(Mutex::new(Vec::new()));
+        let (h, c, n) = (
+            Arc::clone(&hits),
+            Arc::clone(&connections),
+            Arc::clone(&server_names),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (h, c, tls) = (Arc::clone(&h), Arc::clone(&c), tls.clone());
+                let (h, c, n, tls) = (Arc::clone(&h), Arc::clone(&c), Arc::clone(&n), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         h.fetch_add(1, Ordering::SeqCst);
@@ -449,6 +456,8 @@ impl TestUpstream {
                                 return;
                             };
                             c.fetch_add(1, Ordering::SeqCst);
+                            let sni = stream.get_ref().1.server_name().unwrap_or_default();
+                            n.lock().unwrap().push(sni.to_string());
                             let io = TokioIo::new(stream);
                             let _ = server.serve_connection_with_upgrades(io, svc).await;
                         }
@@ -460,6 +469,7 @@ impl TestUpstream {
             addr,
             hits,
             connections,
+            server_names,
         }
     }
 
