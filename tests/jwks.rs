@@ -632,6 +632,14 @@ upstream = "up"
     }
 }
 
+/// A gateway that has discovered `oidc`'s keys.
+async fn discovered(up: &TestUpstream, oidc: &Oidc) -> TestGateway {
+    let gw = TestGateway::start(&oidc.config(up.addr, "10m")).await;
+    let fetched = eventually(Duration::from_secs(10), || async { gw.shared.keys_ready() });
+    assert!(fetched.await, "the keys were not discovered");
+    gw
+}
+
 /// `discovery = true`: the JWK Set named by the issuer's configuration
 /// (on another server here, as Google's is) verifies the issuer's tokens.
 #[tokio::test]
@@ -640,9 +648,7 @@ async fn discovery_reads_the_jwks_uri_from_the_openid_configuration() {
     let (k1, stranger) = (IdpKey::new("k1"), IdpKey::new("k1"));
     let idp = Idp::start(&[&k1]).await;
     let oidc = Oidc::start(&idp.url).await;
-    let gw = TestGateway::start(&oidc.config(up.addr, "10m")).await;
-    let fetched = eventually(Duration::from_secs(10), || async { gw.shared.keys_ready() });
-    assert!(fetched.await, "the keys were not discovered");
+    let gw = discovered(&up, &oidc).await;
     assert_eq!((oidc.reads(), idp.fetches()), (1, 1));
 
     let token = k1.token_of(&oidc.issuer, "k1", Algorithm::RS256, "alice");
@@ -695,9 +701,7 @@ async fn a_failing_configuration_keeps_the_jwks_uri_it_gave_before() {
     let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
     let idp = Idp::start(&[&k1]).await;
     let oidc = Oidc::start(&idp.url).await;
-    let gw = TestGateway::start(&oidc.config(up.addr, "10m")).await;
-    let fetched = eventually(Duration::from_secs(10), || async { gw.shared.keys_ready() });
-    assert!(fetched.await);
+    let gw = discovered(&up, &oidc).await;
 
     oidc.answer(500);
     idp.publish(&[&k1, &k2]);
