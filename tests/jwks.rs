@@ -756,3 +756,117 @@ async fn discovery_needs_an_issuer_and_no_jwks_url() {
     let err = TestGateway::try_start(&issuer(&plain)).await.err().unwrap();
     assert!(err.contains("ca_file needs an https://"), "{err}");
 }
+
+/// A `CONNECT` proxy that resolves `idp.test` to `target` (and nothing
+/// else: 403), recording each request head it gets.
+async fn connect_proxy(
+    target: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let Ok(byte) = client.read_u8().await else {
+                        return;
+                    };
+                    head.push(byte);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                seen.lock().unwrap().push(head.clone());
+                let wanted = format!("CONNECT idp.test:{} HTTP/1.1\r\n", target.port());
+                if !head.starts_with(&wanted) {
+                    let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
+                    return;
+                }
+                let Ok(mut up) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// The real binary: with `HTTPS_PROXY` set, the JWK Set is fetched through
+/// the proxy's tunnel (the proxy resolves the name, its credentials go in
+/// `Proxy-Authorization`, TLS is end to end); `NO_PROXY` goes direct, and a
+/// proxy that refuses is a failed fetch that says so.
+#[tokio::test]
+async fn jwks_fetches_go_through_the_environments_https_proxy() {
+    use base64::engine::general_purpose::STANDARD;
+    let up = TestUpstream::start().await;
+    let k1 = IdpKey::new("k1");
+    let idp = Idp::start(&[&k1]).await;
+    let plain = idp.url["http://".len()..].split('/').next().unwrap();
+    // A certificate for idp.test, a name only the proxy resolves.
+    let https = tls_front(plain.parse().unwrap(), "idp").await;
+    let (proxy, heads) = connect_proxy(https).await;
+    let url = |host: &str| format!("https://{host}:{}/.well-known/jwks.json", https.port());
+    let start = |host: &'static str, extra: &'static [(&'static str, &'static str)]| {
+        let (up, url) = (up.addr, url(host));
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let mut env: Vec<(&str, String)> = trusting_only(dir.path(), "idp")
+                .into_iter()
+                .map(|(k, v)| (k, v.display().to_string()))
+                .collect();
+            env.push(("HTTPS_PROXY", format!("http://gw:s%40cret@{proxy}")));
+            env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+            let gh = Gatehouse::start_with(dir.path(), &env, |listen, admin| {
+                on_ports(&config(up, &url, "10m"), listen, admin)
+            })
+            .await;
+            (gh, dir)
+        }
+    };
+
+    let (gh, _dir) = start("idp.test", &[]).await;
+    let ready = eventually(Duration::from_secs(10), || async {
+        get(&gh.admin_url("/readyz"), &[]).await.status == 200
+    });
+    assert!(ready.await, "{}", gh.log());
+    let r = get_with_token(&gh.url("/api"), &k1.token("alice")).await;
+    assert_eq!(r.status, 200, "{}", gh.log());
+    let head = heads.lock().unwrap()[0].clone();
+    let basic = STANDARD.encode("gw:s@cret");
+    assert!(
+        head.contains(&format!("Proxy-Authorization: Basic {basic}\r\n")),
+        "{head}"
+    );
+    assert!(!gh.log().contains("cret"), "{}", gh.log());
+    assert!(!gh.log().contains(&basic), "{}", gh.log());
+
+    // NO_PROXY names the provider: straight to idp.test, which does not resolve.
+    let asked = heads.lock().unwrap().len();
+    let (direct, _dir) = start("idp.test", &[("NO_PROXY", "localhost,.test")]).await;
+    let failed = eventually(Duration::from_secs(15), || async {
+        direct.log().contains("JWKS fetch failed")
+    });
+    assert!(failed.await, "{}", direct.log());
+    assert_eq!(
+        heads.lock().unwrap().len(),
+        asked,
+        "NO_PROXY went through the proxy"
+    );
+
+    // A proxy that refuses the tunnel: a failed fetch, and the log says why.
+    let (refused, _dir) = start("other.test", &[]).await;
+    let failed = eventually(Duration::from_secs(10), || async {
+        refused
+            .log()
+            .contains("answered `HTTP/1.1 403 Forbidden` to CONNECT other.test")
+    });
+    assert!(failed.await, "{}", refused.log());
+    assert_eq!(get(&refused.admin_url("/readyz"), &[]).await.status, 503);
+}

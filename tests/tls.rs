@@ -7,8 +7,10 @@
 //! `localhost` and 127.0.0.1, valid from 2020 to 2126, CA:FALSE,
 //! serverAuth) and their keys, the first key encrypted (password `test`,
 //! `openssl pkcs8`), and a client certificate (`client`, self-signed,
-//! clientAuth, made with Python's cryptography) with its key: test
-//! material only.
+//! clientAuth, made with Python's cryptography) with its key, and `idp`
+//! (self-signed P-256 for `idp.test` only, serverAuth, 2020 to 2126, also
+//! made with Python's cryptography; `tests/jwks.rs` reaches it through a
+//! proxy): test material only.
 mod support;
 
 use std::sync::Arc;

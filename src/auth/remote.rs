@@ -27,6 +27,7 @@
 pub mod discovery;
 pub mod fetch;
 pub mod jwk;
+pub mod proxy;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};

@@ -2,7 +2,9 @@
 //! (rustls, as `client_tls` sets it up: the certificate checked, SNI the
 //! target's host), then hyper's HTTP/1.1 or HTTP/2 client handshake. The
 //! connection's I/O runs on a task of its own. Used by the upstream pools,
-//! the health checks, the JWKS fetch and `verify_url`.
+//! the health checks, the JWKS fetch and `verify_url`. The JWKS fetch may
+//! go through an HTTP proxy's tunnel (`CONNECT`): still a TCP stream to
+//! hyper, so no other instantiation of its client exists.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
+use crate::auth::remote::proxy::HttpProxy;
 use crate::body::{Body, BoxError};
 use crate::client_tls;
 
@@ -33,6 +36,8 @@ pub enum ConnectError {
     /// or does not name the target.
     Tls(std::io::Error),
     Handshake(hyper::Error),
+    /// The HTTP proxy did not open a tunnel.
+    Proxy(String),
 }
 
 impl std::fmt::Display for ConnectError {
@@ -42,6 +47,7 @@ impl std::fmt::Display for ConnectError {
             ConnectError::TimedOut => f.write_str("connect timed out"),
             ConnectError::Tls(e) => write!(f, "TLS: {e}"),
             ConnectError::Handshake(e) => write!(f, "handshake: {e}"),
+            ConnectError::Proxy(e) => write!(f, "proxy: {e}"),
         }
     }
 }
@@ -55,6 +61,8 @@ pub struct Dial {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// Speak HTTP/2 (`protocol = "http2"`).
     http2: bool,
+    /// Through this proxy's tunnel (the JWKS fetch only).
+    proxy: Option<Box<HttpProxy>>,
 }
 
 /// The address and whether it is TLS: no keys or certificates.
@@ -64,6 +72,7 @@ impl std::fmt::Debug for Dial {
             .field("authority", &self.authority)
             .field("tls", &self.tls.is_some())
             .field("http2", &self.http2)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -87,6 +96,7 @@ impl Dial {
             authority,
             tls: None,
             http2: false,
+            proxy: None,
         }
     }
 
@@ -97,6 +107,7 @@ impl Dial {
             authority,
             tls: Some((TlsConnector::from(config), name)),
             http2: false,
+            proxy: None,
         }
     }
 
@@ -106,6 +117,14 @@ impl Dial {
     pub fn http2(self) -> Dial {
         Dial {
             http2: true,
+            ..self
+        }
+    }
+
+    /// The same target, reached through `proxy`'s tunnel.
+    pub fn via(self, proxy: HttpProxy) -> Dial {
+        Dial {
+            proxy: Some(Box::new(proxy)),
             ..self
         }
     }
@@ -192,9 +211,13 @@ impl Dial {
         let host = unbracketed(&self.authority);
         let opened = tokio::time::timeout(timeout, async {
             let default_port = if self.tls.is_some() { 443 } else { 80 };
-            let tcp = TcpStream::connect((host, port.unwrap_or(default_port)))
-                .await
-                .map_err(ConnectError::Refused)?;
+            let port = port.unwrap_or(default_port);
+            let tcp = match &self.proxy {
+                None => TcpStream::connect((host, port))
+                    .await
+                    .map_err(ConnectError::Refused)?,
+                Some(proxy) => tunnel(proxy, self.authority.host(), port).await?,
+            };
             let _ = tcp.set_nodelay(true);
             match &self.tls {
                 None => Ok(Opened::Plain(tcp)),
@@ -206,6 +229,49 @@ impl Dial {
             }
         });
         opened.await.unwrap_or(Err(ConnectError::TimedOut))
+    }
+}
+
+/// The longest answer head read from a proxy.
+const MAX_PROXY_HEAD: usize = 8 * 1024;
+
+/// A TCP stream to `host:port` through `proxy` (RFC 9110 §9.3.6 `CONNECT`).
+async fn tunnel(proxy: &HttpProxy, host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let at = proxy.host_port();
+    let mut tcp = TcpStream::connect(&at)
+        .await
+        .map_err(|e| ConnectError::Proxy(format!("cannot connect to {at}: {e}")))?;
+    let mut head = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n");
+    if let Some(auth) = &proxy.authorization {
+        head.push_str("Proxy-Authorization: ");
+        head.push_str(auth.to_str().unwrap_or_default());
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let failed = |e: std::io::Error| ConnectError::Proxy(format!("{at}: {e}"));
+    tcp.write_all(head.as_bytes()).await.map_err(failed)?;
+    // A byte at a time: nothing of the tunnel after the head may be read
+    // here (the proxy sends nothing more until the client speaks, but a
+    // tunnel is a tunnel).
+    let mut answer = Vec::with_capacity(256);
+    while !answer.ends_with(b"\r\n\r\n") {
+        if answer.len() >= MAX_PROXY_HEAD {
+            return Err(ConnectError::Proxy(format!("{at}: answer head too long")));
+        }
+        let byte = tcp.read_u8().await.map_err(failed)?;
+        answer.push(byte);
+    }
+    let status_line = answer.split(|&b| b == b'\r').next().unwrap_or_default();
+    let status = String::from_utf8_lossy(status_line);
+    let code = status.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok());
+    match code {
+        Some(200..=299) if status.starts_with("HTTP/1.") => Ok(tcp),
+        _ => Err(ConnectError::Proxy(format!(
+            "{at} answered `{}` to CONNECT {host}:{port}",
+            status.trim()
+        ))),
     }
 }
 

@@ -4,8 +4,9 @@
 //! every `jwks_refresh` or on an unknown `kid`, so pooling would buy
 //! nothing. HTTPS as `client_tls` says, with the issuer's `ca_file` or
 //! the system's trusted roots, read at each fetch, so that a CA bundle
-//! installed later is used without a restart. Redirects are not followed and no HTTP proxy is used: the URL
-//! names the server that answers.
+//! installed later is used without a restart. Redirects are not followed.
+//! An HTTP proxy from the environment (`https_proxy`...) is used as
+//! [`proxy`] says.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use http::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 
+use super::proxy;
 use crate::body;
 use crate::client_tls;
 use crate::proxy::dial::{ConnectError, Dial};
@@ -41,7 +43,11 @@ async fn fetch(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Bytes, String> {
     let authority = url.authority().ok_or("the URL has no host")?;
     // Read at each fetch: a CA bundle installed later is used.
     let roots = ca_pem.map(client_tls::roots_from_pem).transpose()?;
-    let dial = Dial::for_url(url, roots)?;
+    let mut dial = Dial::for_url(url, roots)?;
+    // Read at each fetch too, as curl reads it.
+    if let Some(proxy) = proxy::for_url(url, |name| std::env::var(name).ok())? {
+        dial = dial.via(proxy);
+    }
     // The same connections as the proxy's upstreams: no client of its own
     // (a second kind of hyper client connection beside the pool's made the
     // compiler stop inlining hyper's head parser and encoder into the
@@ -49,6 +55,7 @@ async fn fetch(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Bytes, String> {
     let mut sender = dial.connect(FETCH_TIMEOUT).await.map_err(|e| match e {
         ConnectError::Refused(e) => format!("cannot connect to {authority}: {e}"),
         ConnectError::Tls(e) => format!("TLS with {authority}: {e}"),
+        ConnectError::Proxy(e) => format!("{authority} through the proxy: {e}"),
         e => format!("{authority}: {e}"),
     })?;
     let path = url.path_and_query().map_or("/", |p| p.as_str());
