@@ -34,6 +34,9 @@ pub struct Snapshot {
     pub tls: Option<Arc<tokio_rustls::rustls::sign::CertifiedKey>>,
     /// `[server] tls.client_ca`, parsed: checks client certificates.
     pub client_verifier: Option<Arc<dyn tokio_rustls::rustls::server::danger::ClientCertVerifier>>,
+    /// Which snapshot of the process this is (numbered as built): TLS
+    /// sessions are resumed only under the snapshot they were made under.
+    pub generation: u64,
     /// The gateway's counters: the same for every snapshot it serves
     /// ([`Gateway::store_snapshot`] hands them on).
     pub metrics: Arc<Metrics>,
@@ -56,6 +59,9 @@ pub struct Gateway {
 }
 
 pub type Shared = Arc<Gateway>;
+
+/// Snapshots built so far ([`Snapshot::generation`]).
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Gateway {
     /// Serves `snap` with `store`, loading the revocations still in force.
@@ -273,6 +279,7 @@ impl Snapshot {
             config,
             tls,
             client_verifier,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             metrics: Arc::default(),
         })
     }

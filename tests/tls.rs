@@ -509,3 +509,114 @@ async fn bad_client_ca_settings_are_refused_at_load() {
         assert!(err.contains(message), "{tls}: {err}");
     }
 }
+
+/// A client config, and with it one TLS session cache, to use for several
+/// connections; TLS 1.2 only or TLS 1.3 only.
+fn resuming_client(identity: Option<(&str, &str)>, tls12: bool) -> Arc<ClientConfig> {
+    use tokio_rustls::rustls::version::{TLS12, TLS13};
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(A_CERT.as_bytes()).unwrap())
+        .unwrap();
+    let versions: &[&tokio_rustls::rustls::SupportedProtocolVersion] =
+        if tls12 { &[&TLS12] } else { &[&TLS13] };
+    let builder = ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots);
+    Arc::new(match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+            let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    })
+}
+
+/// A request over a new connection of `config`: the upstream's echo, and
+/// whether the TLS session was resumed; `Err` when the gateway refuses.
+async fn get_resuming(
+    gw: &TestGateway,
+    config: &Arc<ClientConfig>,
+) -> Result<(serde_json::Value, bool), String> {
+    use tokio_rustls::rustls::HandshakeKind;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(Arc::clone(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    tokio::spawn(conn);
+    let rsp = sender
+        .send_request(get_x())
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    Ok((echo(rsp).await, resumed))
+}
+
+/// Reloads `gw` with `tls` in place of the default `tls = ...` line.
+fn reload_tls(gw: &TestGateway, up: std::net::SocketAddr, tls: &str) {
+    let config = tls_config(up).replace(TLS, tls);
+    let path = write_config(gw.dir.path(), &config);
+    gw.shared.store_snapshot(Snapshot::load(&path).unwrap());
+}
+
+/// rustls does not check a resumed session's certificate again: a session
+/// made before `client_ca` was turned on must not be resumed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_from_before_client_ca_is_not_resumed_after_it() {
+    for tls12 in [true, false] {
+        let up = TestUpstream::start().await;
+        let gw = tls_gateway(up.addr).await;
+        let anonymous = resuming_client(None, tls12);
+        get_resuming(&gw, &anonymous).await.unwrap();
+        let (_, resumed) = get_resuming(&gw, &anonymous).await.unwrap();
+        assert!(resumed, "tls12={tls12}: sessions are resumed at all");
+        std::fs::write(gw.dir.path().join("clients.pem"), CLIENT_CERT).unwrap();
+        reload_tls(
+            &gw,
+            up.addr,
+            "tls = { cert = \"cert.pem\", key = \"key.pem\", client_ca = \"clients.pem\" }",
+        );
+        let hits = up.hits();
+        let got = get_resuming(&gw, &anonymous).await;
+        assert!(
+            got.is_err(),
+            "tls12={tls12}: served without a certificate: {got:?}"
+        );
+        assert_eq!(up.hits(), hits);
+    }
+}
+
+/// A session verified under one `client_ca` is not resumed under another;
+/// without a reload it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_resumed_only_under_the_client_ca_that_verified_it() {
+    for tls12 in [true, false] {
+        let up = TestUpstream::start().await;
+        let gw = mtls_gateway(up.addr, None).await;
+        let client = resuming_client(Some((CLIENT_CERT, CLIENT_KEY)), tls12);
+        get_resuming(&gw, &client).await.unwrap();
+        let (seen, resumed) = get_resuming(&gw, &client).await.unwrap();
+        assert!(resumed, "tls12={tls12}: not resumed without a reload");
+        assert!(seen["headers"]["x-forwarded-client-cert"][0].is_string());
+        // client_ca now names another CA.
+        std::fs::write(gw.dir.path().join("other-ca.pem"), B_CERT).unwrap();
+        reload_tls(
+            &gw,
+            up.addr,
+            "tls = { cert = \"cert.pem\", key = \"key.pem\", client_ca = \"other-ca.pem\" }",
+        );
+        let got = get_resuming(&gw, &client).await;
+        assert!(got.is_err(), "tls12={tls12}: served: {got:?}");
+    }
+}

@@ -11,7 +11,10 @@
 //! to one of its certificates (`client_auth = "optional"`: or be absent).
 //! That too follows the current snapshot, handshake by handshake. A
 //! verified certificate is described to the upstream in
-//! `X-Forwarded-Client-Cert` ([`forwarded_client_cert`]).
+//! `X-Forwarded-Client-Cert` ([`forwarded_client_cert`]). A resumed TLS
+//! session is not checked again (rustls restores its certificate), so
+//! sessions are kept per snapshot: after a reload, every client makes a
+//! full handshake under the `client_ca` now in force.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -23,7 +26,10 @@ use tokio_rustls::rustls::crypto::{self, WebPkiSupportedAlgorithms, aws_lc_rs};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+    WebPkiClientVerifier,
+};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{
     self, DigitallySignedStruct, DistinguishedName, InconsistentKeys, RootCertStore, ServerConfig,
@@ -175,6 +181,50 @@ impl ClientCertVerifier for CurrentClientAuth {
     }
 }
 
+/// rustls's session cache (256 sessions, as its default), each key
+/// prefixed with the generation of the snapshot the session was made
+/// under: a session verified against one `client_ca` is never resumed under
+/// another (nor one made without `client_ca` under one that asks). A
+/// reload that lands between a handshake's certificate check and its
+/// `put` (microseconds) can still file that session under the new
+/// snapshot.
+struct SessionsPerSnapshot {
+    shared: Shared,
+    cache: Arc<ServerSessionMemoryCache>,
+}
+
+impl std::fmt::Debug for SessionsPerSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionsPerSnapshot")
+    }
+}
+
+impl SessionsPerSnapshot {
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut scoped = self.shared.load().generation.to_be_bytes().to_vec();
+        scoped.extend_from_slice(key);
+        scoped
+    }
+}
+
+impl StoresServerSessions for SessionsPerSnapshot {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.cache.put(self.key(&key), value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.cache.get(&self.key(key))
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.cache.take(&self.key(key))
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
 /// The acceptor of a TLS listener serving `shared`.
 pub fn acceptor(shared: &Shared) -> TlsAcceptor {
     let provider = Arc::new(aws_lc_rs::default_provider());
@@ -188,6 +238,10 @@ pub fn acceptor(shared: &Shared) -> TlsAcceptor {
         .with_client_cert_verifier(Arc::new(clients))
         .with_cert_resolver(Arc::new(CurrentCert(Arc::clone(shared))));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = Arc::new(SessionsPerSnapshot {
+        shared: Arc::clone(shared),
+        cache: ServerSessionMemoryCache::new(256),
+    });
     TlsAcceptor::from(Arc::new(config))
 }
 
