@@ -723,6 +723,59 @@ async fn a_failing_configuration_keeps_the_jwks_uri_it_gave_before() {
     assert_eq!(moved.fetches(), 1);
 }
 
+/// A configuration that is read and refused (another issuer here) is a
+/// failed fetch that `/metrics` counts, not a reason to keep using the
+/// `jwks_uri` it gave before.
+#[tokio::test]
+async fn a_refused_configuration_is_a_failed_fetch_not_the_fallback() {
+    let up = TestUpstream::start().await;
+    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
+    let idp = Idp::start(&[&k1]).await;
+    let oidc = Oidc::start(&idp.url).await;
+    let gw = discovered(&up, &oidc).await;
+
+    let elsewhere = Idp::start(&[&k2]).await;
+    oidc.describe("https://attacker.test/", &elsewhere.url);
+    idp.publish(&[&k1, &k2]);
+    let fetches = idp.fetches();
+    let token = k2.token_of(&oidc.issuer, "k2", Algorithm::RS256, "bob");
+    let r = get_with_token(&gw.url("/api"), &token).await;
+    assert_eq!(r.status, 401, "{}", reason(&r));
+    assert_eq!((idp.fetches(), elsewhere.fetches()), (fetches, 0));
+    let text = scrape(gw.admin().await).await;
+    let series = format!(
+        "gatehouse_jwks_fetch_failures{{issuer=\"{}\"}}",
+        oidc.issuer
+    );
+    assert_eq!(metric(&text, &series), Some(1), "{text}");
+    // The keys fetched before stay in use.
+    let r = get_with_token(
+        &gw.url("/api"),
+        &k1.token_of(&oidc.issuer, "k1", Algorithm::RS256, "al"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+/// A reload keeps the `jwks_uri` discovered before: with the configuration
+/// down, a key rotated in is still fetched after it.
+#[tokio::test]
+async fn a_reload_keeps_the_jwks_uri_discovered_before() {
+    let up = TestUpstream::start().await;
+    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
+    let idp = Idp::start(&[&k1]).await;
+    let oidc = Oidc::start(&idp.url).await;
+    let gw = discovered(&up, &oidc).await;
+
+    oidc.answer(500);
+    idp.publish(&[&k1, &k2]);
+    let snap = Snapshot::load(&gw.dir.path().join("gateway.toml")).unwrap();
+    gw.shared.store_snapshot(snap);
+    let token = k2.token_of(&oidc.issuer, "k2", Algorithm::RS256, "bob");
+    let r = get_with_token(&gw.url("/api"), &token).await;
+    assert_eq!(r.status, 200, "{}", reason(&r));
+}
+
 /// On-demand fetches are one per `REFETCH_COOLDOWN` (10 s).
 const REFETCH_COOLDOWN_AND_A_BIT: Duration = Duration::from_millis(10_200);
 

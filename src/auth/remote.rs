@@ -18,8 +18,9 @@
 //! checked again, not served from the cache until `max_ttl`.
 //!
 //! With `discovery = true` each fetch first reads the issuer's OpenID
-//! configuration for the set's URL ([`discovery`]); when that read fails,
-//! the URL it gave last is used.
+//! configuration for the set's URL ([`discovery`]); when it cannot be read
+//! (no answer, another status, not JSON), the URL it gave last is used,
+//! also across a reload; when it is read and refused, the fetch fails.
 //!
 //! A reload (SIGHUP) hands the keys on to the new snapshot's issuer with the
 //! same URL and algorithms, so no token is refused while it fetches again.
@@ -118,6 +119,18 @@ impl RemoteKeys {
         let same_source = old.spec.url == self.spec.url
             && old.spec.discovery == self.spec.discovery
             && old.spec.ca_pem == self.spec.ca_pem;
+        if same_source {
+            // The fallback while the configuration cannot be read.
+            let before = old
+                .discovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            *self
+                .discovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = before;
+        }
         if same_source && old.algorithms == self.algorithms && old.is_fetched() {
             self.keys.store(old.keys.load_full());
         }
@@ -198,16 +211,19 @@ impl RemoteKeys {
             return Ok(self.spec.url.clone());
         };
         let from = &self.spec.url;
-        let read = match fetch::get(from, self.spec.ca_pem.as_deref()).await {
-            Ok(body) => discovery::jwks_uri(&body, issuer, from),
-            Err(why) => Err(why),
-        };
+        let read = fetch::get(from, self.spec.ca_pem.as_deref())
+            .await
+            .and_then(|body| discovery::parse(&body));
         let mut last = self
             .discovered
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match (read, last.as_ref()) {
-            (Ok(uri), _) => {
+            (Ok(metadata), _) => {
+                // Read, and refused: a failed fetch, never the fallback
+                // (a provider whose issuer changed must not go unnoticed).
+                let uri = discovery::jwks_uri(metadata, issuer, from)
+                    .map_err(|why| format!("OpenID configuration at {from}: {why}"))?;
                 if last.as_ref() != Some(&uri) {
                     tracing::info!(issuer = %self.issuer, %uri, "jwks_uri discovered");
                     *last = Some(uri.clone());
@@ -270,15 +286,26 @@ async fn watch(remote: Weak<RemoteKeys>, on_dropped: impl Fn() + Send + 'static)
             return;
         }
         let number = r.started.fetch_add(1, Ordering::SeqCst) + 1;
-        let url = r.jwks_url().await;
-        let outcome = match &url {
-            Ok(url) => match fetch::get(url, r.spec.ca_pem.as_deref()).await {
-                Ok(body) => jwk::parse(&body, r.algorithms.as_deref()),
-                Err(why) => Err(why),
-            },
-            Err(why) => Err(why.clone()),
+        // With discovery a fetch is two requests; together they take at
+        // most FETCH_TIMEOUT, which DEMAND_WAIT counts on.
+        let fetched = tokio::time::timeout(fetch::FETCH_TIMEOUT, async {
+            let url = r.jwks_url().await?;
+            let body = fetch::get(&url, r.spec.ca_pem.as_deref()).await;
+            let parsed = body.and_then(|body| jwk::parse(&body, r.algorithms.as_deref()));
+            Ok::<_, String>((url, parsed))
+        });
+        let (url, outcome) = match fetched.await {
+            Ok(Ok((url, parsed))) => (url, parsed),
+            Ok(Err(why)) => (r.spec.url.clone(), Err(why)),
+            Err(_) => (
+                r.spec.url.clone(),
+                Err(format!(
+                    "no answer within {}s",
+                    fetch::FETCH_TIMEOUT.as_secs()
+                )),
+            ),
         };
-        let url = url.as_ref().unwrap_or(&r.spec.url);
+        let url = &url;
         // A fetch that finishes after a reload still serves the requests of
         // the replaced snapshot that wait for it (the new one fetches too).
         let wait = match outcome {

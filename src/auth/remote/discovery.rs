@@ -13,21 +13,28 @@ use serde::Deserialize;
 
 /// The members of a provider's configuration the gateway reads.
 #[derive(Deserialize)]
-struct ProviderMetadata {
+pub struct ProviderMetadata {
     issuer: Option<String>,
     jwks_uri: Option<String>,
 }
 
-/// The `jwks_uri` of the configuration `body`, read from `from`, for the
+/// The configuration `body`, read but not yet checked.
+///
+/// # Errors
+/// Not a JSON object (with string `issuer` and `jwks_uri` where present).
+pub fn parse(body: &[u8]) -> Result<ProviderMetadata, String> {
+    serde_json::from_slice(body)
+        .map_err(|e| format!("the OpenID configuration is not a JSON object: {e}"))
+}
+
+/// The `jwks_uri` of the configuration `meta`, read from `from`, for the
 /// issuer `issuer`.
 ///
 /// # Errors
-/// A description for the log: not a JSON object, another issuer or none,
-/// no `jwks_uri`, or one that is not an `http(s)://` URL without
-/// credentials (or is `http://` where the document came over `https://`).
-pub fn jwks_uri(body: &[u8], issuer: &str, from: &Uri) -> Result<Uri, String> {
-    let meta: ProviderMetadata = serde_json::from_slice(body)
-        .map_err(|e| format!("the OpenID configuration is not a JSON object: {e}"))?;
+/// A description for the log: another issuer or none, no `jwks_uri`, or
+/// one that is not an `http(s)://` URL without credentials (or is
+/// `http://` where the document came over `https://`).
+pub fn jwks_uri(meta: ProviderMetadata, issuer: &str, from: &Uri) -> Result<Uri, String> {
     match meta.issuer.as_deref() {
         Some(named) if named == issuer => {}
         Some(named) => {
@@ -74,7 +81,7 @@ mod tests {
 
     fn read(doc: &str) -> Result<Uri, String> {
         let from: Uri = configuration_url(ISS).parse().unwrap();
-        jwks_uri(doc.as_bytes(), ISS, &from)
+        jwks_uri(parse(doc.as_bytes())?, ISS, &from)
     }
 
     #[test]
@@ -132,6 +139,6 @@ mod tests {
         let iss = "http://127.0.0.1:8080";
         let from: Uri = configuration_url(iss).parse().unwrap();
         let doc = format!(r#"{{"issuer":"{iss}","jwks_uri":"http://127.0.0.1:8080/k"}}"#);
-        assert!(jwks_uri(doc.as_bytes(), iss, &from).is_ok());
+        assert!(jwks_uri(parse(doc.as_bytes()).unwrap(), iss, &from).is_ok());
     }
 }
