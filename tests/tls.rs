@@ -620,3 +620,40 @@ async fn a_session_is_resumed_only_under_the_client_ca_that_verified_it() {
         assert!(got.is_err(), "tls12={tls12}: served: {got:?}");
     }
 }
+
+/// HTTP/2 over TLS (ALPN `h2`) carries the client certificate's header too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_described_over_http2_too() {
+    let up = TestUpstream::start().await;
+    let gw = mtls_gateway(up.addr, None).await;
+    let mut config = (*resuming_client(Some((CLIENT_CERT, CLIENT_KEY)), false)).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let mut req = get_x();
+        req.headers_mut()
+            .insert("x-forwarded-client-cert", "Hash=forged".parse().unwrap());
+        let rsp = sender.send_request(req).await.unwrap();
+        assert_eq!(rsp.version(), Version::HTTP_2);
+        let seen = echo(rsp).await;
+        let xfcc = &seen["headers"]["x-forwarded-client-cert"];
+        assert_eq!(xfcc.as_array().unwrap().len(), 1, "{xfcc}");
+        assert!(
+            xfcc[0]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("Hash={};Subject=", client_cert_hash())),
+            "{xfcc}"
+        );
+    }
+}
