@@ -46,6 +46,7 @@ pub struct Metrics {
     /// The reasons are the fixed texts the gateway answers with.
     auth_refused: Box<[Mutex<Refusals>]>,
     logins: [AtomicU64; LoginOutcome::ALL.len()],
+    tls_failures: [AtomicU64; TlsFailure::ALL.len()],
     /// The `""` entry of `routes`: requests no route matched.
     pub unrouted: Arc<ClassCounters>,
     /// Seconds since the epoch when the counters started.
@@ -85,6 +86,36 @@ impl LoginOutcome {
             LoginOutcome::Unavailable => "unavailable",
             LoginOutcome::BadRequest => "bad_request",
             LoginOutcome::Error => "error",
+        }
+    }
+}
+
+/// Why a TLS handshake with a client failed, as
+/// `gatehouse_tls_handshake_failures_total{reason}` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// `client_ca` asks for a certificate and the client sent none.
+    NoClientCertificate,
+    /// The client's certificate is not issued by `client_ca`, expired, ...
+    BadClientCertificate,
+    /// Anything else: no common protocol or cipher, not TLS at all, a
+    /// connection closed mid-handshake.
+    Other,
+}
+
+impl TlsFailure {
+    const ALL: [TlsFailure; 3] = [
+        TlsFailure::NoClientCertificate,
+        TlsFailure::BadClientCertificate,
+        TlsFailure::Other,
+    ];
+
+    /// The `reason` label.
+    fn name(self) -> &'static str {
+        match self {
+            TlsFailure::NoClientCertificate => "no_client_certificate",
+            TlsFailure::BadClientCertificate => "bad_client_certificate",
+            TlsFailure::Other => "other",
         }
     }
 }
@@ -213,6 +244,7 @@ impl Default for Metrics {
             upstreams: Mutex::default(),
             auth_refused: (0..SHARDS).map(|_| Mutex::default()).collect(),
             logins: std::array::from_fn(|_| AtomicU64::new(0)),
+            tls_failures: std::array::from_fn(|_| AtomicU64::new(0)),
             started: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -308,6 +340,11 @@ impl Metrics {
         OpenConnection(std::sync::Arc::clone(self))
     }
 
+    /// A TLS handshake with a client failed.
+    pub fn tls_handshake_failed(&self, why: TlsFailure) {
+        self.tls_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn reload(&self, applied: bool) {
         let counter = if applied {
             &self.reloads_applied
@@ -398,6 +435,20 @@ impl Metrics {
                 w,
                 "gatehouse_auth_total{{outcome=\"{outcome}\",reason=\"{}\"}} {n}",
                 escape(reason)
+            );
+        }
+        header(
+            w,
+            "gatehouse_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes with clients that failed, by reason (the client certificate's, with client_ca).",
+        );
+        for why in TlsFailure::ALL {
+            let n = self.tls_failures[why as usize].load(Ordering::Relaxed);
+            let name = why.name();
+            let _ = writeln!(
+                w,
+                "gatehouse_tls_handshake_failures_total{{reason=\"{name}\"}} {n}"
             );
         }
         header(

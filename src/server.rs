@@ -276,7 +276,11 @@ fn spawn_connection(
             Some(acceptor) => {
                 // Boxed: the handshake's state (1.3 KB) would otherwise
                 // widen every plain connection's task too.
-                let handshake = Box::pin(acceptor.accept(stream));
+                let metrics = Arc::clone(&ctx.shared.metrics);
+                let handshake = Box::pin(async move {
+                    let accepted = acceptor.accept(stream).await;
+                    accepted.inspect_err(|e| metrics.tls_handshake_failed(tls::failure(e)))
+                });
                 let Some(stream) =
                     opening("TLS handshake", limit, &drain_started, peer, handshake).await
                 else {

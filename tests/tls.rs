@@ -419,6 +419,18 @@ async fn client_ca_requires_a_certificate_and_describes_it_upstream() {
         "{err}"
     );
     assert_eq!(up.hits(), hits, "a refused client reached the upstream");
+    // Counted by reason in /metrics.
+    let counted = eventually(Duration::from_secs(5), || async {
+        let text = scrape(gw.admin().await).await;
+        let n = |reason: &str| {
+            metric(
+                &text,
+                &format!("gatehouse_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
+            )
+        };
+        n("no_client_certificate") == Some(1) && n("bad_client_certificate") == Some(1)
+    });
+    assert!(counted.await, "{}", scrape(gw.admin().await).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -245,6 +245,16 @@ pub fn acceptor(shared: &Shared) -> TlsAcceptor {
     TlsAcceptor::from(Arc::new(config))
 }
 
+/// Why a handshake ended in `e`, for `/metrics`.
+pub fn failure(e: &std::io::Error) -> crate::metrics::TlsFailure {
+    use crate::metrics::TlsFailure;
+    match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::NoCertificatesPresented) => TlsFailure::NoClientCertificate,
+        Some(rustls::Error::InvalidCertificate(_)) => TlsFailure::BadClientCertificate,
+        _ => TlsFailure::Other,
+    }
+}
+
 /// Whether the client chose HTTP/2 by ALPN.
 pub fn negotiated_h2(conn: &rustls::ServerConnection) -> bool {
     conn.alpn_protocol() == Some(b"h2")
