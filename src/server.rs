@@ -279,7 +279,11 @@ fn spawn_connection(
                 let metrics = Arc::clone(&ctx.shared.metrics);
                 let handshake = Box::pin(async move {
                     let accepted = acceptor.accept(stream).await;
-                    accepted.inspect_err(|e| metrics.tls_handshake_failed(tls::failure(e)))
+                    accepted.inspect_err(|e| {
+                        if let Some(why) = tls::failure(e) {
+                            metrics.tls_handshake_failed(why);
+                        }
+                    })
                 });
                 let Some(stream) =
                     opening("TLS handshake", limit, &drain_started, peer, handshake).await

@@ -562,6 +562,8 @@ struct Oidc {
     issuer: String,
     answer: Arc<Mutex<(u16, Value)>>,
     reads: Arc<AtomicUsize>,
+    /// How long each answer takes.
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl Oidc {
@@ -569,12 +571,15 @@ impl Oidc {
     async fn start(jwks_uri: &str) -> Oidc {
         let answer = Arc::new(Mutex::new((200, Value::Null)));
         let reads = Arc::new(AtomicUsize::new(0));
-        let (a, n) = (Arc::clone(&answer), Arc::clone(&reads));
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (a, n, d) = (Arc::clone(&answer), Arc::clone(&reads), Arc::clone(&delay));
         let addr = serve_upstream(move |req: Request<Incoming>| {
-            let (a, n) = (Arc::clone(&a), Arc::clone(&n));
+            let (a, n, d) = (Arc::clone(&a), Arc::clone(&n), Arc::clone(&d));
             async move {
                 assert_eq!(req.uri().path(), "/.well-known/openid-configuration");
                 n.fetch_add(1, Ordering::SeqCst);
+                let wait = *d.lock().unwrap();
+                tokio::time::sleep(wait).await;
                 let (status, doc) = a.lock().unwrap().clone();
                 let mut rsp = Response::new(Full::new(Bytes::from(doc.to_string())));
                 *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
@@ -586,6 +591,7 @@ impl Oidc {
             issuer: format!("http://{addr}"),
             answer,
             reads,
+            delay,
         };
         oidc.describe(&oidc.issuer.clone(), jwks_uri);
         oidc
@@ -774,6 +780,25 @@ async fn a_reload_keeps_the_jwks_uri_discovered_before() {
     let token = k2.token_of(&oidc.issuer, "k2", Algorithm::RS256, "bob");
     let r = get_with_token(&gw.url("/api"), &token).await;
     assert_eq!(r.status, 200, "{}", reason(&r));
+}
+
+/// A configuration that accepts and never answers is given half of a
+/// fetch's 10 s: the rest fetches the set at the `jwks_uri` it gave before.
+#[tokio::test]
+async fn a_configuration_that_never_answers_keeps_the_jwks_uri_it_gave_before() {
+    let up = TestUpstream::start().await;
+    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
+    let idp = Idp::start(&[&k1]).await;
+    let oidc = Oidc::start(&idp.url).await;
+    let gw = discovered(&up, &oidc).await;
+
+    *oidc.delay.lock().unwrap() = Duration::from_secs(3600);
+    idp.publish(&[&k1, &k2]);
+    let fetches = idp.fetches();
+    let token = k2.token_of(&oidc.issuer, "k2", Algorithm::RS256, "bob");
+    let r = get_with_token(&gw.url("/api"), &token).await;
+    assert_eq!(r.status, 200, "{}", reason(&r));
+    assert_eq!(idp.fetches(), fetches + 1);
 }
 
 /// On-demand fetches are one per `REFETCH_COOLDOWN` (10 s).

@@ -669,3 +669,41 @@ async fn client_certificates_are_described_over_http2_too() {
         );
     }
 }
+
+/// The reasons are the same over TLS 1.2; plain HTTP on the TLS port is
+/// `other`; a TCP connection that closes without a word (a load
+/// balancer's probe) is no failed handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_failures_over_tls12_and_what_other_counts() {
+    let up = TestUpstream::start().await;
+    let gw = mtls_gateway(up.addr, None).await;
+    assert!(
+        get_resuming(&gw, &resuming_client(None, true))
+            .await
+            .is_err()
+    );
+    let bad = resuming_client(Some((A_CERT, A_KEY)), true);
+    assert!(get_resuming(&gw, &bad).await.is_err());
+    let _ = raw(gw.addr, b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    for _ in 0..5 {
+        drop(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    let counted = eventually(Duration::from_secs(5), || async {
+        let text = scrape(gw.admin().await).await;
+        let n = |reason: &str| {
+            metric(
+                &text,
+                &format!("gatehouse_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
+            )
+        };
+        n("no_client_certificate") == Some(1)
+            && n("bad_client_certificate") == Some(1)
+            && n("other") == Some(1)
+    });
+    assert!(counted.await, "{}", scrape(gw.admin().await).await);
+    // The probes have long been handled: still one `other`.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = scrape(gw.admin().await).await;
+    let other = "gatehouse_tls_handshake_failures_total{reason=\"other\"}";
+    assert_eq!(metric(&text, other), Some(1), "{text}");
+}

@@ -211,8 +211,12 @@ impl RemoteKeys {
             return Ok(self.spec.url.clone());
         };
         let from = &self.spec.url;
-        let read = fetch::get(from, self.spec.ca_pem.as_deref())
+        // Half the round at most: a configuration that never answers
+        // leaves time to fetch the set at the jwks_uri it gave before.
+        let budget = fetch::FETCH_TIMEOUT / 2;
+        let read = tokio::time::timeout(budget, fetch::get(from, self.spec.ca_pem.as_deref()))
             .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}s", budget.as_secs())))
             .and_then(|body| discovery::parse(&body));
         let mut last = self
             .discovered

@@ -270,7 +270,8 @@ async fn tunnel(proxy: &HttpProxy, host: &str, port: u16) -> Result<TcpStream, C
         Some(200..=299) if status.starts_with("HTTP/1.") => Ok(tcp),
         _ => Err(ConnectError::Proxy(format!(
             "{at} answered `{}` to CONNECT {host}:{port}",
-            status.trim()
+            // Escaped: the proxy's words go into a log line.
+            status.trim().escape_debug()
         ))),
     }
 }

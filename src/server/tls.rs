@@ -245,14 +245,21 @@ pub fn acceptor(shared: &Shared) -> TlsAcceptor {
     TlsAcceptor::from(Arc::new(config))
 }
 
-/// Why a handshake ended in `e`, for `/metrics`.
-pub fn failure(e: &std::io::Error) -> crate::metrics::TlsFailure {
+/// Why a handshake ended in `e`, for `/metrics`; `None` for a client that
+/// closed the connection (a load balancer's TCP probe does, every few
+/// seconds: no failure of anyone's).
+pub fn failure(e: &std::io::Error) -> Option<crate::metrics::TlsFailure> {
     use crate::metrics::TlsFailure;
-    match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::NoCertificatesPresented) => TlsFailure::NoClientCertificate,
-        Some(rustls::Error::InvalidCertificate(_)) => TlsFailure::BadClientCertificate,
-        _ => TlsFailure::Other,
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return None;
     }
+    Some(
+        match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::NoCertificatesPresented) => TlsFailure::NoClientCertificate,
+            Some(rustls::Error::InvalidCertificate(_)) => TlsFailure::BadClientCertificate,
+            _ => TlsFailure::Other,
+        },
+    )
 }
 
 /// Whether the client chose HTTP/2 by ALPN.

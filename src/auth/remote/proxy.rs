@@ -91,6 +91,15 @@ fn parse(setting: &str) -> Result<HttpProxy, String> {
     if uri.scheme_str() != Some("http") {
         return Err("only http:// proxies are supported".into());
     }
+    // A proxy URL is `http://[user:password@]host[:port][/]`: anything
+    // after it means the URL was not read as meant (a `/` or `#` in an
+    // unescaped password), and its host would be a piece of the password.
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() || setting.contains('#') {
+        return Err(
+            "a proxy URL has no path, query or fragment (escape / # ? in a password as %2F %23 %3F)"
+                .into(),
+        );
+    }
     let full = uri.authority().ok_or("no host")?;
     let (userinfo, host_port) = match full.as_str().rsplit_once('@') {
         Some((userinfo, host_port)) => (Some(userinfo), host_port),
@@ -100,9 +109,18 @@ fn parse(setting: &str) -> Result<HttpProxy, String> {
     if authority.host().is_empty() {
         return Err("no host".into());
     }
+    // `host:99999`: the URL parser reads no port at all there.
+    let written_port = authority.as_str().len() > authority.host().len();
+    if written_port && authority.port_u16().is_none() {
+        return Err("the port is not a number from 0 to 65535".into());
+    }
     let authorization = userinfo
         .map(|userinfo| {
-            let decoded = percent_decode(userinfo);
+            let mut decoded = percent_decode(userinfo);
+            // `user` alone is `user:` (an empty password), as curl sends it.
+            if !decoded.contains(&b':') {
+                decoded.push(b':');
+            }
             let basic = format!("Basic {}", STANDARD.encode(decoded));
             HeaderValue::from_str(&basic).map_err(|_| "bad credentials".to_string())
         })
@@ -143,11 +161,27 @@ fn percent_decode(s: &str) -> Vec<u8> {
 }
 
 fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.');
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// The host part of a `no_proxy` entry: without `[...]` around an IPv6
+/// address, and without a `:port`.
+fn entry_host(entry: &str) -> &str {
+    if let Some(rest) = entry.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match entry.rsplit_once(':') {
+        // `host:port`, not an IPv6 address.
+        Some((name, port)) if !name.contains(':') && port.parse::<u16>().is_ok() => name,
+        _ => entry,
+    }
 }
 
 /// Whether `no_proxy` names `host`: `*`; the host itself or a domain it is
@@ -165,14 +199,12 @@ fn bypassed(host: &str, no_proxy: Option<&str>) -> bool {
         if entry == "*" {
             return true;
         }
-        if let (Some(ip), Ok(net)) = (ip, Cidr::parse(entry)) {
-            return net.contains(ip);
+        let entry = entry_host(entry);
+        if let Some(ip) = ip {
+            // An address matches addresses and networks only (as curl):
+            // `2.3` is no domain that 10.1.2.3 is in.
+            return Cidr::parse(entry).is_ok_and(|net| net.contains(ip));
         }
-        let entry = match entry.rsplit_once(':') {
-            // `host:port`, not an IPv6 address.
-            Some((name, port)) if !name.contains(':') && port.parse::<u16>().is_ok() => name,
-            _ => entry,
-        };
         let domain = entry.trim_start_matches('.').trim_end_matches('.');
         !domain.is_empty()
             && (host.eq_ignore_ascii_case(domain)
@@ -278,6 +310,67 @@ mod tests {
             ("https://idp.example.com/k", "."),
         ] {
             assert!(host_of(url, &with(no_proxy)).is_some(), "{url} {no_proxy}");
+        }
+    }
+
+    #[test]
+    fn bracketed_ipv6_entries_and_ip_hosts_match_as_curl_does() {
+        for entry in ["[fd00::1]:443", "[fd00::1]", "fd00::1"] {
+            let vars = [("HTTPS_PROXY", "http://proxy:3128"), ("NO_PROXY", entry)];
+            assert_eq!(host_of("https://[fd00::1]/k", &vars), None, "{entry}");
+        }
+        // An address is matched by addresses and networks, not by suffix.
+        let vars = [
+            ("HTTPS_PROXY", "http://proxy:3128"),
+            ("NO_PROXY", "2.3,1.2.3"),
+        ];
+        assert!(host_of("https://10.1.2.3/k", &vars).is_some());
+        for host in ["localhost.", "[::ffff:127.0.0.1]"] {
+            let url = format!("https://{host}/k");
+            assert_eq!(
+                host_of(&url, &[("HTTPS_PROXY", "http://p:1")]),
+                None,
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_user_without_password_is_sent_with_an_empty_one() {
+        let p = proxy_for("https://i/k", &[("HTTPS_PROXY", "http://user@p:1")])
+            .unwrap()
+            .unwrap();
+        let expected = format!("Basic {}", STANDARD.encode("user:"));
+        assert_eq!(p.authorization.unwrap(), &expected);
+    }
+
+    /// A password with an unescaped `/` or `#` makes a URL whose host is
+    /// a piece of the password: refused, and the error shows no part of it.
+    #[test]
+    fn misread_settings_are_refused_without_showing_the_password() {
+        for bad in [
+            "http://u:secret/x@p:1",
+            "http://u:1234/x@p:1",
+            "http://u:12#ab@p",
+            "http://p:1/path",
+            "http://p:1?q",
+            "http://a:99999",
+        ] {
+            let err = proxy_for("https://idp/k", &[("https_proxy", bad)]).unwrap_err();
+            assert!(
+                !err.contains("secret") && !err.contains("1234"),
+                "{bad}: {err}"
+            );
+        }
+        for odd in [
+            "http://[::1",
+            "http://@",
+            "http://:@:",
+            "\u{0}",
+            "http://u:%zz@p:1",
+            "://",
+        ] {
+            let _ = proxy_for("https://idp/k", &[("https_proxy", odd)]);
         }
     }
 
