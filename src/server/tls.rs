@@ -286,9 +286,12 @@ pub fn forwarded_client_cert(conn: &rustls::ServerConnection) -> Option<HeaderVa
     }
     if let Ok(cert) = x509_cert::Certificate::from_der(der) {
         let tbs = cert.tbs_certificate();
-        let subject = tbs.subject().to_string();
+        // Not `to_string()`: it panics where Display fails, and x509-cert's
+        // fails for a value it cannot encode again.
+        let mut subject = String::new();
+        let written = write!(subject, "{}", tbs.subject()).is_ok();
         // Quoted; `"` and `\` escaped, as Envoy does.
-        if subject.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        if written && subject.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             let escaped = subject.replace('\\', "\\\\").replace('"', "\\\"");
             let _ = write!(value, ";Subject=\"{escaped}\"");
         }
