@@ -329,23 +329,36 @@ async fn mtls_gateway(upstream: std::net::SocketAddr, client_auth: Option<&str>)
 }
 
 /// An HTTP/1.1 exchange over TLS presenting `identity` (certificate and
-/// key PEM) or no certificate; `Err` when the gateway refuses it.
+/// key PEM) or no certificate, sending `xfcc` as X-Forwarded-Client-Cert;
+/// `Err` when the gateway refuses it.
 async fn get_with_identity(
     gw: &TestGateway,
     identity: Option<(&str, &str)>,
     xfcc: Option<&str>,
 ) -> Result<serde_json::Value, String> {
+    let config = client_config(identity, None);
+    exchange(gw, &config, xfcc).await.map(|(echoed, _)| echoed)
+}
+
+/// A TLS client trusting the gateway's certificate, presenting `identity`
+/// (certificate and key PEM) if any; TLS 1.2 only or 1.3 only with
+/// `tls12`. Its session cache lives as long as the config.
+fn client_config(identity: Option<(&str, &str)>, tls12: Option<bool>) -> Arc<ClientConfig> {
+    use tokio_rustls::rustls::version::{TLS12, TLS13};
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(A_CERT.as_bytes()).unwrap())
         .unwrap();
-    let builder = ClientConfig::builder_with_provider(Arc::new(
+    let provider = ClientConfig::builder_with_provider(Arc::new(
         tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let config = match identity {
+    ));
+    let builder = match tls12 {
+        None => provider.with_safe_default_protocol_versions(),
+        Some(true) => provider.with_protocol_versions(&[&TLS12]),
+        Some(false) => provider.with_protocol_versions(&[&TLS13]),
+    };
+    let builder = builder.unwrap().with_root_certificates(roots);
+    Arc::new(match identity {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             use tokio_rustls::rustls::pki_types::PrivateKeyDer;
@@ -353,13 +366,25 @@ async fn get_with_identity(
             let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
             builder.with_client_auth_cert(chain, key).unwrap()
         }
-    };
+    })
+}
+
+/// A request over a new connection of `config`, sending `xfcc` as
+/// X-Forwarded-Client-Cert: the upstream's echo, and whether the TLS
+/// session was resumed; `Err` when the gateway refuses.
+async fn exchange(
+    gw: &TestGateway,
+    config: &Arc<ClientConfig>,
+    xfcc: Option<&str>,
+) -> Result<(serde_json::Value, bool), String> {
+    use tokio_rustls::rustls::HandshakeKind;
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
+    let tls = TlsConnector::from(Arc::clone(config))
         .connect(name, tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| format!("http: {e}"))?;
@@ -376,7 +401,20 @@ async fn get_with_identity(
         .await
         .map_err(|e| format!("request: {e}"))?;
     assert_eq!(rsp.status(), StatusCode::OK);
-    Ok(echo(rsp).await)
+    Ok((echo(rsp).await, resumed))
+}
+
+/// Waits (bounded) until `/metrics` counts each `(reason, n)` of
+/// `gatehouse_tls_handshake_failures_total`.
+async fn assert_failures(gw: &TestGateway, counts: &[(&str, u64)]) {
+    let counted = eventually(Duration::from_secs(5), || async {
+        let text = scrape(gw.admin().await).await;
+        counts.iter().all(|(reason, n)| {
+            let series = format!("gatehouse_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+            metric(&text, &series) == Some(*n)
+        })
+    });
+    assert!(counted.await, "{}", scrape(gw.admin().await).await);
 }
 
 /// Envoy's `Hash=` of the client certificate: SHA-256 of its DER, in hex.
@@ -420,17 +458,11 @@ async fn client_ca_requires_a_certificate_and_describes_it_upstream() {
     );
     assert_eq!(up.hits(), hits, "a refused client reached the upstream");
     // Counted by reason in /metrics.
-    let counted = eventually(Duration::from_secs(5), || async {
-        let text = scrape(gw.admin().await).await;
-        let n = |reason: &str| {
-            metric(
-                &text,
-                &format!("gatehouse_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
-            )
-        };
-        n("no_client_certificate") == Some(1) && n("bad_client_certificate") == Some(1)
-    });
-    assert!(counted.await, "{}", scrape(gw.admin().await).await);
+    assert_failures(
+        &gw,
+        &[("no_client_certificate", 1), ("bad_client_certificate", 1)],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,28 +557,7 @@ async fn bad_client_ca_settings_are_refused_at_load() {
 /// A client config, and with it one TLS session cache, to use for several
 /// connections; TLS 1.2 only or TLS 1.3 only.
 fn resuming_client(identity: Option<(&str, &str)>, tls12: bool) -> Arc<ClientConfig> {
-    use tokio_rustls::rustls::version::{TLS12, TLS13};
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(A_CERT.as_bytes()).unwrap())
-        .unwrap();
-    let versions: &[&tokio_rustls::rustls::SupportedProtocolVersion] =
-        if tls12 { &[&TLS12] } else { &[&TLS13] };
-    let builder = ClientConfig::builder_with_provider(Arc::new(
-        tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(versions)
-    .unwrap()
-    .with_root_certificates(roots);
-    Arc::new(match identity {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            use tokio_rustls::rustls::pki_types::PrivateKeyDer;
-            let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-    })
+    client_config(identity, Some(tls12))
 }
 
 /// A request over a new connection of `config`: the upstream's echo, and
@@ -555,24 +566,7 @@ async fn get_resuming(
     gw: &TestGateway,
     config: &Arc<ClientConfig>,
 ) -> Result<(serde_json::Value, bool), String> {
-    use tokio_rustls::rustls::HandshakeKind;
-    let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let tls = TlsConnector::from(Arc::clone(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| format!("http: {e}"))?;
-    tokio::spawn(conn);
-    let rsp = sender
-        .send_request(get_x())
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    assert_eq!(rsp.status(), StatusCode::OK);
-    Ok((echo(rsp).await, resumed))
+    exchange(gw, config, None).await
 }
 
 /// Reloads `gw` with `tls` in place of the default `tls = ...` line.
@@ -688,19 +682,12 @@ async fn handshake_failures_over_tls12_and_what_other_counts() {
     for _ in 0..5 {
         drop(TcpStream::connect(gw.addr).await.unwrap());
     }
-    let counted = eventually(Duration::from_secs(5), || async {
-        let text = scrape(gw.admin().await).await;
-        let n = |reason: &str| {
-            metric(
-                &text,
-                &format!("gatehouse_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
-            )
-        };
-        n("no_client_certificate") == Some(1)
-            && n("bad_client_certificate") == Some(1)
-            && n("other") == Some(1)
-    });
-    assert!(counted.await, "{}", scrape(gw.admin().await).await);
+    let counts = [
+        ("no_client_certificate", 1),
+        ("bad_client_certificate", 1),
+        ("other", 1),
+    ];
+    assert_failures(&gw, &counts).await;
     // The probes have long been handled: still one `other`.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let text = scrape(gw.admin().await).await;
