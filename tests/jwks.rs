@@ -646,6 +646,35 @@ async fn discovered(up: &TestUpstream, oidc: &Oidc) -> TestGateway {
     gw
 }
 
+/// A gateway that has discovered `k1` from `oidc`'s set at `idp`, which
+/// is about to take `k2` too.
+struct Rotation {
+    _up: TestUpstream,
+    k1: IdpKey,
+    k2: IdpKey,
+    idp: Idp,
+    oidc: Oidc,
+    gw: TestGateway,
+}
+
+impl Rotation {
+    async fn start() -> Rotation {
+        let up = TestUpstream::start().await;
+        let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
+        let idp = Idp::start(&[&k1]).await;
+        let oidc = Oidc::start(&idp.url).await;
+        let gw = discovered(&up, &oidc).await;
+        Rotation {
+            _up: up,
+            k1,
+            k2,
+            idp,
+            oidc,
+            gw,
+        }
+    }
+}
+
 /// `discovery = true`: the JWK Set named by the issuer's configuration
 /// (on another server here, as Google's is) verifies the issuer's tokens.
 #[tokio::test]
@@ -703,28 +732,29 @@ async fn a_configuration_of_another_issuer_is_refused() {
 /// picked up.
 #[tokio::test]
 async fn a_failing_configuration_keeps_the_jwks_uri_it_gave_before() {
-    let up = TestUpstream::start().await;
-    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
-    let idp = Idp::start(&[&k1]).await;
-    let oidc = Oidc::start(&idp.url).await;
-    let gw = discovered(&up, &oidc).await;
+    let rot = Rotation::start().await;
 
-    oidc.answer(500);
-    idp.publish(&[&k1, &k2]);
-    let (reads, fetches) = (oidc.reads(), idp.fetches());
-    let token = k2.token_of(&oidc.issuer, "k2", Algorithm::RS256, "bob");
-    let r = get_with_token(&gw.url("/api"), &token).await;
+    rot.oidc.answer(500);
+    rot.idp.publish(&[&rot.k1, &rot.k2]);
+    let (reads, fetches) = (rot.oidc.reads(), rot.idp.fetches());
+    let token = rot
+        .k2
+        .token_of(&rot.oidc.issuer, "k2", Algorithm::RS256, "bob");
+    let r = get_with_token(&rot.gw.url("/api"), &token).await;
     assert_eq!(r.status, 200, "{}", reason(&r));
-    assert_eq!((oidc.reads(), idp.fetches()), (reads + 1, fetches + 1));
+    assert_eq!(
+        (rot.oidc.reads(), rot.idp.fetches()),
+        (reads + 1, fetches + 1)
+    );
 
     // Moved: the next fetch follows the configuration to the new set.
     let (k3, moved) = (IdpKey::new("k3"), Idp::start(&[]).await);
     moved.publish(&[&k3]);
-    oidc.describe(&oidc.issuer.clone(), &moved.url);
-    oidc.answer(200);
+    rot.oidc.describe(&rot.oidc.issuer.clone(), &moved.url);
+    rot.oidc.answer(200);
     tokio::time::sleep(REFETCH_COOLDOWN_AND_A_BIT).await;
-    let token = k3.token_of(&oidc.issuer, "k3", Algorithm::RS256, "carol");
-    let r = get_with_token(&gw.url("/api"), &token).await;
+    let token = k3.token_of(&rot.oidc.issuer, "k3", Algorithm::RS256, "carol");
+    let r = get_with_token(&rot.gw.url("/api"), &token).await;
     assert_eq!(r.status, 200, "{}", reason(&r));
     assert_eq!(moved.fetches(), 1);
 }
@@ -734,30 +764,29 @@ async fn a_failing_configuration_keeps_the_jwks_uri_it_gave_before() {
 /// `jwks_uri` it gave before.
 #[tokio::test]
 async fn a_refused_configuration_is_a_failed_fetch_not_the_fallback() {
-    let up = TestUpstream::start().await;
-    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
-    let idp = Idp::start(&[&k1]).await;
-    let oidc = Oidc::start(&idp.url).await;
-    let gw = discovered(&up, &oidc).await;
+    let rot = Rotation::start().await;
 
-    let elsewhere = Idp::start(&[&k2]).await;
-    oidc.describe("https://attacker.test/", &elsewhere.url);
-    idp.publish(&[&k1, &k2]);
-    let fetches = idp.fetches();
-    let token = k2.token_of(&oidc.issuer, "k2", Algorithm::RS256, "bob");
-    let r = get_with_token(&gw.url("/api"), &token).await;
+    let elsewhere = Idp::start(&[&rot.k2]).await;
+    rot.oidc.describe("https://attacker.test/", &elsewhere.url);
+    rot.idp.publish(&[&rot.k1, &rot.k2]);
+    let fetches = rot.idp.fetches();
+    let token = rot
+        .k2
+        .token_of(&rot.oidc.issuer, "k2", Algorithm::RS256, "bob");
+    let r = get_with_token(&rot.gw.url("/api"), &token).await;
     assert_eq!(r.status, 401, "{}", reason(&r));
-    assert_eq!((idp.fetches(), elsewhere.fetches()), (fetches, 0));
-    let text = scrape(gw.admin().await).await;
+    assert_eq!((rot.idp.fetches(), elsewhere.fetches()), (fetches, 0));
+    let text = scrape(rot.gw.admin().await).await;
     let series = format!(
         "gatehouse_jwks_fetch_failures{{issuer=\"{}\"}}",
-        oidc.issuer
+        rot.oidc.issuer
     );
     assert_eq!(metric(&text, &series), Some(1), "{text}");
     // The keys fetched before stay in use.
     let r = get_with_token(
-        &gw.url("/api"),
-        &k1.token_of(&oidc.issuer, "k1", Algorithm::RS256, "al"),
+        &rot.gw.url("/api"),
+        &rot.k1
+            .token_of(&rot.oidc.issuer, "k1", Algorithm::RS256, "al"),
     )
     .await;
     assert_eq!(r.status, 200);
@@ -767,18 +796,16 @@ async fn a_refused_configuration_is_a_failed_fetch_not_the_fallback() {
 /// down, a key rotated in is still fetched after it.
 #[tokio::test]
 async fn a_reload_keeps_the_jwks_uri_discovered_before() {
-    let up = TestUpstream::start().await;
-    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
-    let idp = Idp::start(&[&k1]).await;
-    let oidc = Oidc::start(&idp.url).await;
-    let gw = discovered(&up, &oidc).await;
+    let rot = Rotation::start().await;
 
-    oidc.answer(500);
-    idp.publish(&[&k1, &k2]);
-    let snap = Snapshot::load(&gw.dir.path().join("gateway.toml")).unwrap();
-    gw.shared.store_snapshot(snap);
-    let token = k2.token_of(&oidc.issuer, "k2", Algorithm::RS256, "bob");
-    let r = get_with_token(&gw.url("/api"), &token).await;
+    rot.oidc.answer(500);
+    rot.idp.publish(&[&rot.k1, &rot.k2]);
+    let snap = Snapshot::load(&rot.gw.dir.path().join("gateway.toml")).unwrap();
+    rot.gw.shared.store_snapshot(snap);
+    let token = rot
+        .k2
+        .token_of(&rot.oidc.issuer, "k2", Algorithm::RS256, "bob");
+    let r = get_with_token(&rot.gw.url("/api"), &token).await;
     assert_eq!(r.status, 200, "{}", reason(&r));
 }
 
@@ -786,19 +813,17 @@ async fn a_reload_keeps_the_jwks_uri_discovered_before() {
 /// fetch's 10 s: the rest fetches the set at the `jwks_uri` it gave before.
 #[tokio::test]
 async fn a_configuration_that_never_answers_keeps_the_jwks_uri_it_gave_before() {
-    let up = TestUpstream::start().await;
-    let (k1, k2) = (IdpKey::new("k1"), IdpKey::new("k2"));
-    let idp = Idp::start(&[&k1]).await;
-    let oidc = Oidc::start(&idp.url).await;
-    let gw = discovered(&up, &oidc).await;
+    let rot = Rotation::start().await;
 
-    *oidc.delay.lock().unwrap() = Duration::from_secs(3600);
-    idp.publish(&[&k1, &k2]);
-    let fetches = idp.fetches();
-    let token = k2.token_of(&oidc.issuer, "k2", Algorithm::RS256, "bob");
-    let r = get_with_token(&gw.url("/api"), &token).await;
+    *rot.oidc.delay.lock().unwrap() = Duration::from_secs(3600);
+    rot.idp.publish(&[&rot.k1, &rot.k2]);
+    let fetches = rot.idp.fetches();
+    let token = rot
+        .k2
+        .token_of(&rot.oidc.issuer, "k2", Algorithm::RS256, "bob");
+    let r = get_with_token(&rot.gw.url("/api"), &token).await;
     assert_eq!(r.status, 200, "{}", reason(&r));
-    assert_eq!(idp.fetches(), fetches + 1);
+    assert_eq!(rot.idp.fetches(), fetches + 1);
 }
 
 /// On-demand fetches are one per `REFETCH_COOLDOWN` (10 s).
