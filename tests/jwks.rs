@@ -860,10 +860,13 @@ async fn discovery_needs_an_issuer_and_no_jwks_url() {
     assert!(err.contains("ca_file needs an https://"), "{err}");
 }
 
-/// A `CONNECT` proxy that resolves `idp.test` to `target` (and nothing
-/// else: 403), recording each request head it gets.
-async fn connect_proxy(
-    target: std::net::SocketAddr,
+/// An HTTP proxy that resolves `idp.test` (and nothing else: 403): a
+/// `CONNECT` to its port `tls.port()` is a tunnel to `tls`, a `GET` in
+/// absolute form for its port `plain.port()` is passed on to `plain`.
+/// It records each request head it gets.
+async fn http_proxy(
+    tls: std::net::SocketAddr,
+    plain: std::net::SocketAddr,
 ) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -883,18 +886,26 @@ async fn connect_proxy(
                 }
                 let head = String::from_utf8_lossy(&head).into_owned();
                 seen.lock().unwrap().push(head.clone());
-                let wanted = format!("CONNECT idp.test:{} HTTP/1.1\r\n", target.port());
-                if !head.starts_with(&wanted) {
+                let tunnel = format!("CONNECT idp.test:{} HTTP/1.1\r\n", tls.port());
+                let absolute = format!("GET http://idp.test:{}/", plain.port());
+                if head.starts_with(&tunnel) {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(tls).await else {
+                        return;
+                    };
+                    let _ = client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await;
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                } else if let Some(rest) = head.strip_prefix(&absolute) {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(plain).await else {
+                        return;
+                    };
+                    // The same request in origin form.
+                    let _ = up.write_all(format!("GET /{rest}").as_bytes()).await;
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                } else {
                     let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
-                    return;
                 }
-                let Ok(mut up) = tokio::net::TcpStream::connect(target).await else {
-                    return;
-                };
-                let _ = client
-                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    .await;
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
             });
         }
     });
@@ -914,7 +925,7 @@ async fn jwks_fetches_go_through_the_environments_https_proxy() {
     let plain = idp.url["http://".len()..].split('/').next().unwrap();
     // A certificate for idp.test, a name only the proxy resolves.
     let https = tls_front(plain.parse().unwrap(), "idp").await;
-    let (proxy, heads) = connect_proxy(https).await;
+    let (proxy, heads) = http_proxy(https, plain.parse().unwrap()).await;
     let url = |host: &str| format!("https://{host}:{}/.well-known/jwks.json", https.port());
     let start = |host: &'static str, extra: &'static [(&'static str, &'static str)]| {
         let (up, url) = (up.addr, url(host));
@@ -972,4 +983,45 @@ async fn jwks_fetches_go_through_the_environments_https_proxy() {
     });
     assert!(failed.await, "{}", refused.log());
     assert_eq!(get(&refused.admin_url("/readyz"), &[]).await.status, 503);
+}
+
+/// The real binary: an `http://` JWK Set URL is asked of `HTTP_PROXY` in
+/// absolute form, with the proxy's credentials (proxies commonly allow
+/// `CONNECT` to port 443 only).
+#[tokio::test]
+async fn an_http_jwks_url_is_asked_of_the_proxy_in_absolute_form() {
+    use base64::engine::general_purpose::STANDARD;
+    let up = TestUpstream::start().await;
+    let k1 = IdpKey::new("k1");
+    let idp = Idp::start(&[&k1]).await;
+    let plain: std::net::SocketAddr = idp.url["http://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (proxy, heads) = http_proxy(plain, plain).await;
+    let url = format!("http://idp.test:{}/.well-known/jwks.json", plain.port());
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("HTTP_PROXY", format!("http://gw:pw@{proxy}"))];
+    let gh = Gatehouse::start_with(dir.path(), &env, |listen, admin| {
+        on_ports(&config(up.addr, &url, "10m"), listen, admin)
+    })
+    .await;
+    let ready = eventually(Duration::from_secs(10), || async {
+        get(&gh.admin_url("/readyz"), &[]).await.status == 200
+    });
+    assert!(ready.await, "{}", gh.log());
+    let r = get_with_token(&gh.url("/api"), &k1.token("alice")).await;
+    assert_eq!(r.status, 200, "{}", gh.log());
+    let head = heads.lock().unwrap()[0].clone();
+    assert!(
+        head.starts_with(&format!("GET {url} HTTP/1.1\r\n")),
+        "{head}"
+    );
+    let basic = STANDARD.encode("gw:pw");
+    assert!(
+        head.contains(&format!("proxy-authorization: Basic {basic}\r\n")),
+        "{head}"
+    );
 }

@@ -3,10 +3,12 @@
 //! `https://` URLs, `http_proxy`/`HTTP_PROXY` for `http://` ones, and
 //! `no_proxy`/`NO_PROXY` for the hosts reached directly. Read at each fetch.
 //!
-//! The fetch asks the proxy for a tunnel (`CONNECT host:port`) whatever the
-//! scheme, and speaks TLS to the identity provider through it, so the proxy
-//! sees only the host and port. The proxy resolves the name: an egress
-//! proxy is often the only one that can. A loopback host (`localhost`,
+//! For an `https://` URL the fetch asks the proxy for a tunnel (`CONNECT
+//! host:port`) and speaks TLS to the identity provider through it, so the
+//! proxy sees only the host and port; an `http://` URL is asked of the
+//! proxy in absolute form (`GET http://host/path`), as curl does. Either
+//! way the proxy resolves the name: an egress proxy is often the only one
+//! that can. A loopback host (`localhost`,
 //! 127.0.0.0/8, `::1`) is always reached directly, as Go's HTTP client does.
 
 use base64::Engine;
