@@ -55,7 +55,12 @@ impl<'a> Claims<'a> {
     /// # Errors
     /// When it is not (or is not JSON).
     pub fn parse(json: &'a [u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(json)
+        // One UTF-8 check of the whole text, then serde_json's reader for
+        // `str`, which trusts it: from bytes it checks every name and every
+        // raw value again, 16 calls a miss (callgrind).
+        let text = std::str::from_utf8(json)
+            .map_err(|_| <serde_json::Error as serde::de::Error>::custom("not UTF-8"))?;
+        serde_json::from_str(text)
     }
 
     /// The member `name` (RFC 7519 §4: of duplicate names, the last).
@@ -315,7 +320,16 @@ mod tests {
 
     #[test]
     fn only_a_json_object_is_claims() {
-        for bad in [&b"[1]"[..], b"\"s\"", b"{", b"{\"a\":}", b"{} x", b""] {
+        for bad in [
+            &b"[1]"[..],
+            b"\"s\"",
+            b"{",
+            b"{\"a\":}",
+            b"{} x",
+            b"",
+            b"{\"a\":\"\xff\"}",
+            b"{\"\xc3\":1}",
+        ] {
             assert!(
                 Claims::parse(bad).is_err(),
                 "{}",
