@@ -44,7 +44,7 @@ async fn fetch(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Bytes, String> {
     let authority = url.authority().ok_or("the URL has no host")?;
     // Read at each fetch: a CA bundle installed later is used.
     let roots = ca_pem.map(client_tls::roots_from_pem).transpose()?;
-    // Read at each fetch too, as curl reads it. An `https://` URL goes
+    // Read at each fetch too, as curl and Go read it. An `https://` URL goes
     // through the proxy's tunnel; an `http://` one is asked of the proxy
     // itself, in absolute form, as curl does (proxies commonly allow
     // CONNECT to port 443 only).
@@ -64,10 +64,9 @@ async fn fetch(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Bytes, String> {
     // (a second kind of hyper client connection beside the pool's made the
     // compiler stop inlining hyper's head parser and encoder into the
     // pool's: about 130 instructions a cache hit, callgrind).
-    let through = if proxy_authorization.is_some() {
-        " through the proxy"
-    } else {
-        ""
+    let through = match proxy_authorization {
+        Some(_) => format!(" through the proxy {}", dial.authority()),
+        None => String::new(),
     };
     let mut sender = dial.connect(FETCH_TIMEOUT).await.map_err(|e| match e {
         ConnectError::Refused(e) => format!("cannot connect to {authority}{through}: {e}"),

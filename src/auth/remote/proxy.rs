@@ -1,7 +1,10 @@
 //! The HTTP proxy a `jwks_url` (or discovery) fetch goes through, from the
-//! environment as curl reads it: `https_proxy`/`HTTPS_PROXY` for
-//! `https://` URLs, `http_proxy`/`HTTP_PROXY` for `http://` ones, and
-//! `no_proxy`/`NO_PROXY` for the hosts reached directly. Read at each fetch.
+//! environment as Go's HTTP client reads it: `https_proxy`/`HTTPS_PROXY`
+//! for `https://` URLs, `http_proxy`/`HTTP_PROXY` for `http://` ones, and
+//! `no_proxy`/`NO_PROXY` for the hosts reached directly, the lower-case
+//! name first. (curl ignores the capital `HTTP_PROXY`, which CGI sets from
+//! a request's `Proxy:` header; the gateway is no CGI program.) Read at
+//! each fetch.
 //!
 //! For an `https://` URL the fetch asks the proxy for a tunnel (`CONNECT
 //! host:port`) and speaks TLS to the identity provider through it, so the
