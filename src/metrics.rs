@@ -437,31 +437,20 @@ impl Metrics {
                 escape(reason)
             );
         }
-        header(
+        labelled(
             w,
             "gatehouse_tls_handshake_failures_total",
-            "counter",
             "TLS handshakes with clients that failed, by reason (the client certificate's, with client_ca).",
+            "reason",
+            TlsFailure::ALL.map(|why| (why.name(), &self.tls_failures[why as usize])),
         );
-        for why in TlsFailure::ALL {
-            let n = self.tls_failures[why as usize].load(Ordering::Relaxed);
-            let name = why.name();
-            let _ = writeln!(
-                w,
-                "gatehouse_tls_handshake_failures_total{{reason=\"{name}\"}} {n}"
-            );
-        }
-        header(
+        labelled(
             w,
             "gatehouse_logins_total",
-            "counter",
             "POST /auth/login by outcome.",
+            "outcome",
+            LoginOutcome::ALL.map(|o| (o.name(), &self.logins[o as usize])),
         );
-        for outcome in LoginOutcome::ALL {
-            let n = self.logins[outcome as usize].load(Ordering::Relaxed);
-            let name = outcome.name();
-            let _ = writeln!(w, "gatehouse_logins_total{{outcome=\"{name}\"}} {n}");
-        }
         header(
             w,
             "gatehouse_upstream_response_seconds",
@@ -624,6 +613,21 @@ fn named<T>(registry: &Mutex<BTreeMap<String, Arc<T>>>) -> Vec<(String, Arc<T>)>
 
 fn header(w: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A counter with one label: a series per `(label value, count)`.
+fn labelled<'c>(
+    w: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: impl IntoIterator<Item = (&'static str, &'c AtomicU64)>,
+) {
+    header(w, name, "counter", help);
+    for (value, n) in series {
+        let n = n.load(Ordering::Relaxed);
+        let _ = writeln!(w, "{name}{{{label}=\"{value}\"}} {n}");
+    }
 }
 
 fn metric(w: &mut String, name: &str, kind: &str, help: &str, value: u64) {

@@ -81,6 +81,8 @@ impl IdpKey {
 /// published keys, and counts the fetches.
 #[derive(Clone)]
 struct Idp {
+    /// Where it listens (plain HTTP).
+    addr: std::net::SocketAddr,
     url: String,
     published: Arc<Mutex<(u16, Vec<Value>)>>,
     fetches: Arc<AtomicUsize>,
@@ -117,6 +119,7 @@ impl Idp {
         })
         .await;
         Idp {
+            addr,
             url: format!("http://{addr}/.well-known/jwks.json"),
             published,
             fetches,
@@ -373,7 +376,7 @@ async fn readyz_waits_for_the_keys_and_https_urls_are_verified() {
     let up = TestUpstream::start().await;
     let k1 = IdpKey::new("k1");
     let idp = Idp::start(&[&k1]).await;
-    let https = serve_tls(Arc::new(idp.clone())).await;
+    let https = serve_tls(&idp).await;
     let https_url = format!("https://localhost:{}/.well-known/jwks.json", https.port());
 
     idp.answer(500);
@@ -417,9 +420,8 @@ async fn readyz_waits_for_the_keys_and_https_urls_are_verified() {
 
 /// Serves `idp`'s JWK Set over TLS with the test certificate `a`
 /// (localhost and 127.0.0.1).
-async fn serve_tls(idp: Arc<Idp>) -> std::net::SocketAddr {
-    let plain = idp.url["http://".len()..].split('/').next().unwrap();
-    tls_front(plain.parse().unwrap(), "a").await
+async fn serve_tls(idp: &Idp) -> std::net::SocketAddr {
+    tls_front(idp.addr, "a").await
 }
 
 #[tokio::test]
@@ -519,7 +521,7 @@ async fn an_https_jwks_url_may_name_its_ca_file() {
     let up = TestUpstream::start().await;
     let k1 = IdpKey::new("k1");
     let idp = Idp::start(&[&k1]).await;
-    let https = serve_tls(Arc::new(idp.clone())).await;
+    let https = serve_tls(&idp).await;
     let url = format!("https://localhost:{}/.well-known/jwks.json", https.port());
     let with_ca = |url: &str, name: &str| {
         let ca = tls_dir().join(format!("{name}.cert.pem"));
@@ -846,11 +848,22 @@ async fn discovery_needs_an_issuer_and_no_jwks_url() {
     let both = "issuer = \"https://idp.test\"\njwks_url = \"https://idp.test/k\"";
     let err = TestGateway::try_start(&issuer(both)).await.err().unwrap();
     assert!(err.contains("not both"), "{err}");
-    let err = TestGateway::try_start(&issuer("issuer = \"idp\""))
-        .await
-        .err()
-        .unwrap();
-    assert!(err.contains("is not an http:// or https:// URL"), "{err}");
+    for (iss, why) in [
+        ("idp", "is not an http:// or https:// URL"),
+        // An OpenID issuer has no query or fragment (Discovery §3).
+        (
+            "https://idp.test/?tenant=a",
+            "is not an http:// or https:// URL",
+        ),
+        ("https://idp.test/#a", "is not an http:// or https:// URL"),
+        ("https://u:p@idp.test", "must not carry credentials"),
+    ] {
+        let err = TestGateway::try_start(&issuer(&format!("issuer = \"{iss}\"")))
+            .await
+            .err()
+            .unwrap();
+        assert!(err.contains(why), "{iss}: {err}");
+    }
     let ca = tls_dir().join("a.cert.pem");
     let plain = format!(
         "issuer = \"http://127.0.0.1:9\"\nca_file = \"{}\"",
@@ -922,10 +935,9 @@ async fn jwks_fetches_go_through_the_environments_https_proxy() {
     let up = TestUpstream::start().await;
     let k1 = IdpKey::new("k1");
     let idp = Idp::start(&[&k1]).await;
-    let plain = idp.url["http://".len()..].split('/').next().unwrap();
     // A certificate for idp.test, a name only the proxy resolves.
-    let https = tls_front(plain.parse().unwrap(), "idp").await;
-    let (proxy, heads) = http_proxy(https, plain.parse().unwrap()).await;
+    let https = tls_front(idp.addr, "idp").await;
+    let (proxy, heads) = http_proxy(https, idp.addr).await;
     let url = |host: &str| format!("https://{host}:{}/.well-known/jwks.json", https.port());
     let start = |host: &'static str, extra: &'static [(&'static str, &'static str)]| {
         let (up, url) = (up.addr, url(host));
@@ -994,12 +1006,7 @@ async fn an_http_jwks_url_is_asked_of_the_proxy_in_absolute_form() {
     let up = TestUpstream::start().await;
     let k1 = IdpKey::new("k1");
     let idp = Idp::start(&[&k1]).await;
-    let plain: std::net::SocketAddr = idp.url["http://".len()..]
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let plain = idp.addr;
     let (proxy, heads) = http_proxy(plain, plain).await;
     let url = format!("http://idp.test:{}/.well-known/jwks.json", plain.port());
     let dir = tempfile::tempdir().unwrap();

@@ -121,15 +121,8 @@ impl RemoteKeys {
             && old.spec.ca_pem == self.spec.ca_pem;
         if same_source {
             // The fallback while the configuration cannot be read.
-            let before = old
-                .discovered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            *self
-                .discovered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = before;
+            let before = old.last_discovered().clone();
+            *self.last_discovered() = before;
         }
         if same_source && old.algorithms == self.algorithms && old.is_fetched() {
             self.keys.store(old.keys.load_full());
@@ -202,6 +195,13 @@ impl RemoteKeys {
         self.failures.load(Ordering::Relaxed)
     }
 
+    /// The `jwks_uri` the issuer's configuration gave last.
+    fn last_discovered(&self) -> std::sync::MutexGuard<'_, Option<Uri>> {
+        self.discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Where the JWK Set is fetched from: `jwks_url`, or with `discovery`
     /// the `jwks_uri` of the issuer's OpenID configuration, read now. A
     /// configuration that cannot be read leaves the `jwks_uri` it gave
@@ -213,15 +213,10 @@ impl RemoteKeys {
         let from = &self.spec.url;
         // Half the round at most: a configuration that never answers
         // leaves time to fetch the set at the jwks_uri it gave before.
-        let budget = fetch::FETCH_TIMEOUT / 2;
-        let read = tokio::time::timeout(budget, fetch::get(from, self.spec.ca_pem.as_deref()))
+        let read = fetch::get(from, self.spec.ca_pem.as_deref(), fetch::FETCH_TIMEOUT / 2)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {}s", budget.as_secs())))
             .and_then(|body| discovery::parse(&body));
-        let mut last = self
-            .discovered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.last_discovered();
         match (read, last.as_ref()) {
             (Ok(metadata), _) => {
                 // Read, and refused: a failed fetch, never the fallback
@@ -268,12 +263,7 @@ impl RemoteKeys {
 /// empties the snapshot's claims cache).
 pub fn spawn(remote: &Arc<RemoteKeys>, on_dropped: impl Fn() + Send + 'static) {
     let url = &remote.spec.url;
-    let loopback = url.host().is_some_and(|h| {
-        let h = h.trim_start_matches('[').trim_end_matches(']');
-        h == "localhost"
-            || h.parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    });
+    let loopback = url.host().is_some_and(proxy::is_loopback);
     if url.scheme_str() == Some("http") && !loopback {
         tracing::warn!(issuer = %remote.issuer, %url,
             "jwks_url is plain http: whoever can alter the traffic can substitute keys; use https");
@@ -292,22 +282,15 @@ async fn watch(remote: Weak<RemoteKeys>, on_dropped: impl Fn() + Send + 'static)
         let number = r.started.fetch_add(1, Ordering::SeqCst) + 1;
         // With discovery a fetch is two requests; together they take at
         // most FETCH_TIMEOUT, which DEMAND_WAIT counts on.
-        let fetched = tokio::time::timeout(fetch::FETCH_TIMEOUT, async {
-            let url = r.jwks_url().await?;
-            let body = fetch::get(&url, r.spec.ca_pem.as_deref()).await;
-            let parsed = body.and_then(|body| jwk::parse(&body, r.algorithms.as_deref()));
-            Ok::<_, String>((url, parsed))
-        });
-        let (url, outcome) = match fetched.await {
-            Ok(Ok((url, parsed))) => (url, parsed),
-            Ok(Err(why)) => (r.spec.url.clone(), Err(why)),
-            Err(_) => (
-                r.spec.url.clone(),
-                Err(format!(
-                    "no answer within {}s",
-                    fetch::FETCH_TIMEOUT.as_secs()
-                )),
-            ),
+        let began = Instant::now();
+        let (url, outcome) = match r.jwks_url().await {
+            Ok(url) => {
+                let left = fetch::FETCH_TIMEOUT.saturating_sub(began.elapsed());
+                let body = fetch::get(&url, r.spec.ca_pem.as_deref(), left).await;
+                let parsed = body.and_then(|body| jwk::parse(&body, r.algorithms.as_deref()));
+                (url, parsed)
+            }
+            Err(why) => (r.spec.url.clone(), Err(why)),
         };
         let url = &url;
         // A fetch that finishes after a reload still serves the requests of

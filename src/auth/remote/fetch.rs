@@ -21,7 +21,8 @@ use crate::body;
 use crate::client_tls;
 use crate::proxy::dial::{ConnectError, Dial};
 
-/// A whole fetch (connect, TLS, answer, body) takes at most this.
+/// A whole fetch round (connect, TLS, answer, body; with discovery, both
+/// requests) takes at most this.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest JWK Set read (a set of a few RSA keys is a few kilobytes).
@@ -32,15 +33,15 @@ const MAX_BODY: usize = 1 << 20;
 ///
 /// # Errors
 /// A description for the log: no connection, a TLS failure, another
-/// status, a body over 1 MiB, or no whole answer within [`FETCH_TIMEOUT`].
-pub async fn get(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Bytes, String> {
-    match tokio::time::timeout(FETCH_TIMEOUT, fetch(url, ca_pem)).await {
+/// status, a body over 1 MiB, or no whole answer within `limit`.
+pub async fn get(url: &Uri, ca_pem: Option<&[u8]>, limit: Duration) -> Result<Bytes, String> {
+    match tokio::time::timeout(limit, fetch(url, ca_pem, limit)).await {
         Ok(answer) => answer,
-        Err(_) => Err(format!("no answer within {}s", FETCH_TIMEOUT.as_secs())),
+        Err(_) => Err(format!("no answer within {limit:?}")),
     }
 }
 
-async fn fetch(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Bytes, String> {
+async fn fetch(url: &Uri, ca_pem: Option<&[u8]>, limit: Duration) -> Result<Bytes, String> {
     let authority = url.authority().ok_or("the URL has no host")?;
     // Read at each fetch: a CA bundle installed later is used.
     let roots = ca_pem.map(client_tls::roots_from_pem).transpose()?;
@@ -49,13 +50,12 @@ async fn fetch(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Bytes, String> {
     // itself, in absolute form, as curl does (proxies commonly allow
     // CONNECT to port 443 only).
     let proxy = proxy::for_url(url, |name| std::env::var(name).ok())?;
-    // `Some`: the request goes to the proxy itself, with its credentials
-    // if it has any.
-    let (dial, proxy_authorization) = match proxy {
+    // `Some`: the request is asked of this proxy itself.
+    let (dial, asked_of) = match proxy {
         Some(proxy) if url.scheme_str() == Some("http") => {
             let at = proxy.host_port();
             let at = at.parse().map_err(|_| format!("proxy address `{at}`"))?;
-            (Dial::plain(at), Some(proxy.authorization))
+            (Dial::plain(at), Some(proxy))
         }
         Some(proxy) => (Dial::for_url(url, roots)?.via(proxy), None),
         None => (Dial::for_url(url, roots)?, None),
@@ -64,22 +64,21 @@ async fn fetch(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Bytes, String> {
     // (a second kind of hyper client connection beside the pool's made the
     // compiler stop inlining hyper's head parser and encoder into the
     // pool's: about 130 instructions a cache hit, callgrind).
-    let through = match proxy_authorization {
-        Some(_) => format!(" through the proxy {}", dial.authority()),
-        None => String::new(),
-    };
-    let mut sender = dial.connect(FETCH_TIMEOUT).await.map_err(|e| match e {
+    let through = asked_of.as_ref().map_or_else(String::new, |p| {
+        format!(" through the proxy {}", p.host_port())
+    });
+    let mut sender = dial.connect(limit).await.map_err(|e| match e {
         ConnectError::Refused(e) => format!("cannot connect to {authority}{through}: {e}"),
         ConnectError::Tls(e) => format!("TLS with {authority}: {e}"),
         ConnectError::Proxy(e) => format!("{authority} through the proxy: {e}"),
         e => format!("{authority}{through}: {e}"),
     })?;
-    let target = match proxy_authorization {
-        Some(_) => url.to_string(),
-        None => url.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+    let mut req = match &asked_of {
+        // Absolute form, as a proxy is asked.
+        Some(_) => Request::get(url.to_string()),
+        None => Request::get(url.path_and_query().map_or("/", |p| p.as_str())),
     };
-    let mut req = Request::get(target);
-    if let Some(Some(authorization)) = proxy_authorization {
+    if let Some(authorization) = asked_of.and_then(|p| p.authorization) {
         req = req.header(http::header::PROXY_AUTHORIZATION, authorization);
     }
     let req = req
@@ -145,22 +144,30 @@ mod tests {
     #[tokio::test]
     async fn a_200_answer_is_its_body() {
         let url = serve(200, b"{\"keys\":[]}".to_vec()).await;
-        let body = get(&url.parse().unwrap(), None).await.unwrap();
+        let body = get(&url.parse().unwrap(), None, FETCH_TIMEOUT)
+            .await
+            .unwrap();
         assert_eq!(&body[..], b"{\"keys\":[]}");
     }
 
     #[tokio::test]
     async fn other_statuses_big_bodies_and_no_server_are_errors() {
         let url = serve(302, Vec::new()).await;
-        let err = get(&url.parse().unwrap(), None).await.unwrap_err();
+        let err = get(&url.parse().unwrap(), None, FETCH_TIMEOUT)
+            .await
+            .unwrap_err();
         assert!(err.contains("302") && err.contains("redirects"), "{err}");
         let url = serve(200, vec![b' '; MAX_BODY + 1]).await;
-        let err = get(&url.parse().unwrap(), None).await.unwrap_err();
+        let err = get(&url.parse().unwrap(), None, FETCH_TIMEOUT)
+            .await
+            .unwrap_err();
         assert!(err.contains("over"), "{err}");
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/jwks", closed.local_addr().unwrap());
         drop(closed);
-        let err = get(&url.parse().unwrap(), None).await.unwrap_err();
+        let err = get(&url.parse().unwrap(), None, FETCH_TIMEOUT)
+            .await
+            .unwrap_err();
         assert!(err.contains("cannot connect"), "{err}");
     }
 }

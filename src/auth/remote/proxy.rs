@@ -121,7 +121,7 @@ fn parse(setting: &str) -> Result<HttpProxy, String> {
     }
     let authorization = userinfo
         .map(|userinfo| {
-            let mut decoded = percent_decode(userinfo);
+            let mut decoded: Vec<u8> = percent_encoding::percent_decode_str(userinfo).collect();
             // `user` alone is `user:` (an empty password), as curl sends it.
             if !decoded.contains(&b':') {
                 decoded.push(b':');
@@ -140,40 +140,21 @@ fn parse(setting: &str) -> Result<HttpProxy, String> {
     })
 }
 
-/// `%XX` escapes of a URL's userinfo, decoded.
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-fn is_loopback(host: &str) -> bool {
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_end_matches('.');
+/// Whether `host` (of a URL: an IPv6 address in brackets) is this machine:
+/// `localhost`, 127.0.0.0/8, `::1` (or 127.x as an IPv4-mapped address).
+pub fn is_loopback(host: &str) -> bool {
+    let host = bare(host);
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// A URL's host without the brackets of an IPv6 address or a trailing dot.
+fn bare(host: &str) -> &str {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
 }
 
 /// The host part of a `no_proxy` entry: without `[...]` around an IPv6
@@ -194,11 +175,7 @@ fn entry_host(entry: &str) -> &str {
 /// IP address or network (`10.0.0.0/8`). A `:port` on an entry is ignored.
 fn bypassed(host: &str, no_proxy: Option<&str>) -> bool {
     let Some(list) = no_proxy else { return false };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
+    let host = bare(host).to_ascii_lowercase();
     let ip = host.parse::<std::net::IpAddr>().ok();
     list.split(',').map(str::trim).any(|entry| {
         if entry == "*" {
