@@ -376,8 +376,7 @@ async fn readyz_waits_for_the_keys_and_https_urls_are_verified() {
     let up = TestUpstream::start().await;
     let k1 = IdpKey::new("k1");
     let idp = Idp::start(&[&k1]).await;
-    let https = serve_tls(&idp).await;
-    let https_url = format!("https://localhost:{}/.well-known/jwks.json", https.port());
+    let https_url = serve_tls(&idp).await;
 
     idp.answer(500);
     let dir = tempfile::tempdir().unwrap();
@@ -419,9 +418,10 @@ async fn readyz_waits_for_the_keys_and_https_urls_are_verified() {
 }
 
 /// Serves `idp`'s JWK Set over TLS with the test certificate `a`
-/// (localhost and 127.0.0.1).
-async fn serve_tls(idp: &Idp) -> std::net::SocketAddr {
-    tls_front(idp.addr, "a").await
+/// (localhost and 127.0.0.1): its `https://localhost` URL.
+async fn serve_tls(idp: &Idp) -> String {
+    let https = tls_front(idp.addr, "a").await;
+    format!("https://localhost:{}/.well-known/jwks.json", https.port())
 }
 
 #[tokio::test]
@@ -521,8 +521,7 @@ async fn an_https_jwks_url_may_name_its_ca_file() {
     let up = TestUpstream::start().await;
     let k1 = IdpKey::new("k1");
     let idp = Idp::start(&[&k1]).await;
-    let https = serve_tls(&idp).await;
-    let url = format!("https://localhost:{}/.well-known/jwks.json", https.port());
+    let url = serve_tls(&idp).await;
     let with_ca = |url: &str, name: &str| {
         let ca = tls_dir().join(format!("{name}.cert.pem"));
         config(up.addr, url, "10m").replace(
