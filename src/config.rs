@@ -42,6 +42,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+    /// `None` without `[cors]`: preflights are routed like any request.
+    pub cors: Option<crate::cors::Cors>,
 }
 
 #[derive(Debug)]

@@ -49,6 +49,9 @@ pub enum GatewayError {
     Unavailable(&'static str),
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// A CORS preflight from an origin `[cors]` does not allow.
+    #[error("origin not allowed")]
+    OriginNotAllowed,
 }
 
 const REALM: &str = "Bearer realm=\"gatehouse\"";
@@ -74,6 +77,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::OriginNotAllowed => StatusCode::FORBIDDEN,
         }
     }
 
@@ -117,6 +121,10 @@ impl GatewayError {
             ),
             GatewayError::Unavailable(why) => ("temporarily_unavailable", why),
             GatewayError::Internal(why) => ("server_error", why),
+            GatewayError::OriginNotAllowed => (
+                "origin_not_allowed",
+                "this origin is not in [cors] allow_origins",
+            ),
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`endpoints`]: `/auth/*` and `/.well-known/*`: login, refresh, logout, me, verify, JWKS.
 //! - [`login`]: the users file or `verify_url`, password checks off the async workers,
 //!   rate limits.
+//! - [`cors`]: `[cors]`: preflights answered, `Access-Control-*` on every response.
 //! - [`client_tls`]: TLS as a client: `https://` targets, `jwks_url`, `verify_url`.
 //! - [`metrics`]: the counters behind the admin listener's `/metrics`.
 //! - [`store`]: the durable state ([`store::Store`], embedded redb backend) and the in-memory
@@ -25,6 +26,7 @@ pub mod body;
 pub mod cli;
 pub mod client_tls;
 pub mod config;
+pub mod cors;
 pub mod endpoints;
 pub mod error;
 pub mod login;

@@ -86,6 +86,11 @@ impl<'a> Diags<'a> {
         self.list.is_empty()
     }
 
+    /// How many have been recorded: a section compares it before and after.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
     /// Every diagnostic, sorted by position.
     pub fn into_sorted(mut self) -> Vec<Diag> {
         self.list.sort_by_key(|d| d.loc);

@@ -30,6 +30,7 @@ pub struct RawConfig {
     pub login: Option<Spanned<RawLogin>>,
     #[serde(default)]
     pub identity: RawIdentity,
+    pub cors: Option<Spanned<RawCors>>,
     #[serde(default)]
     pub upstreams: Vec<Spanned<RawUpstream>>,
     #[serde(default)]
@@ -198,6 +199,20 @@ impl Default for RawCache {
             max_ttl: Dur::secs(300),
         }
     }
+}
+
+/// `[cors]`: see `crate::cors`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allow_origins: Vec<Spanned<String>>,
+    pub allow_methods: Option<Vec<Spanned<String>>>,
+    pub allow_headers: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub expose_headers: Vec<Spanned<String>>,
+    pub max_age: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub allow_credentials: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -319,3 +319,47 @@ fn upstreams_speak_http1_or_http2() {
     let errs = check(&upstream("protocol = \"grpc\"")).unwrap_err();
     assert!(errs[0].contains("unknown variant `grpc`"), "{errs:?}");
 }
+
+#[test]
+fn cors_is_checked_entry_by_entry() {
+    let errs = check(&format!(
+        r#"{UPSTREAM}
+[cors]
+allow_origins = ["https://app.example.com/", "null", "https://ok.example.com"]
+allow_methods = ["GET", "NOT A METHOD"]
+allow_headers = ["*"]
+expose_headers = ["bad header"]
+"#
+    ))
+    .unwrap_err();
+    let want = [
+        "gw.toml:12:18: `https://app.example.com/`: an origin has no path (browsers send `https://app.example.com`)",
+        "gw.toml:12:46: `null` is the origin",
+        "gw.toml:13:25: `NOT A METHOD` is not an HTTP method",
+        "gw.toml:14:18: [cors] allow_headers: browsers do not count `Authorization` in a `*`",
+        "gw.toml:15:19: `bad header` is not a valid header name",
+    ];
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    for (e, w) in errs.iter().zip(want) {
+        assert!(e.starts_with(w), "{e}\n  does not start with\n{w}");
+    }
+}
+
+#[test]
+fn cors_origins_star_stands_alone() {
+    for (origins, why) in [
+        ("[]", "allow_origins is empty"),
+        (r#"["*", "https://a.test"]"#, "cannot be listed with others"),
+    ] {
+        let errs = check(&format!("{UPSTREAM}\n[cors]\nallow_origins = {origins}\n")).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains(why), "{errs:?}");
+    }
+    let errs = check(&format!(
+        "{UPSTREAM}\n[cors]\nallow_origins = [\"https://a.test\"]\nallow_origin = []\n"
+    ))
+    .unwrap_err();
+    assert!(errs[0].contains("unknown field `allow_origin`"), "{errs:?}");
+    assert!(check(&format!("{UPSTREAM}\n[cors]\nallow_origins = [\"*\"]\n")).is_ok());
+    assert!(check(UPSTREAM).unwrap().cors.is_none());
+}

@@ -10,7 +10,8 @@ use toml::Spanned;
 
 use super::diag::{Diag, Diags};
 use super::raw::{
-    RawConfig, RawHealthCheck, RawIdentity, RawKey, RawLogin, RawRoute, RawServer, RawUpstream,
+    RawConfig, RawCors, RawHealthCheck, RawIdentity, RawKey, RawLogin, RawRoute, RawServer,
+    RawUpstream,
 };
 use super::units::Dur;
 use super::*;
@@ -39,6 +40,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
     let upstreams = upstreams(&raw.upstreams, path, &mut d);
     let routes = routes(&raw.routes, &raw.upstreams, &mut d);
     let identity = identity(&raw.identity, &mut d);
+    let cors = raw.cors.as_ref().and_then(|c| cors(c, &mut d));
     let login = raw.login.as_ref().and_then(|l| login(l, path, &mut d));
     let redis_url = state_backend(&raw.state, &raw.keys, &mut d);
     let redis_tls = redis_tls(&raw.state, redis_url.as_deref(), path, &mut d);
@@ -84,6 +86,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
         identity,
         upstreams,
         routes,
+        cors,
     })
 }
 
@@ -954,22 +957,7 @@ fn routes(
                 format!("path_prefix `{prefix}` must start with `/`"),
             );
         }
-        let methods = r.methods.as_ref().map(|ms| {
-            ms.iter()
-                .filter_map(|m| {
-                    match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
-                        Ok(m) => Some(m),
-                        Err(_) => {
-                            d.at(
-                                Some(&m.span()),
-                                format!("`{}` is not an HTTP method", m.get_ref()),
-                            );
-                            None
-                        }
-                    }
-                })
-                .collect::<Vec<_>>()
-        });
+        let methods = r.methods.as_ref().map(|ms| methods(ms, d));
         let host = r.host.as_ref().map(|h| {
             let h = h.to_ascii_lowercase();
             h.strip_suffix('.').map(str::to_string).unwrap_or(h)
@@ -1081,4 +1069,109 @@ fn identity(raw: &RawIdentity, d: &mut Diags<'_>) -> IdentityConfig {
         roles_claim: raw.roles_claim.clone(),
         forward_authorization: raw.forward_authorization,
     }
+}
+
+/// HTTP methods, upper-cased; each one that is not a method reported.
+fn methods(ms: &[Spanned<String>], d: &mut Diags<'_>) -> Vec<Method> {
+    ms.iter()
+        .filter_map(
+            |m| match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    d.at(
+                        Some(&m.span()),
+                        format!("`{}` is not an HTTP method", m.get_ref()),
+                    );
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
+/// `[cors]`.
+fn cors(raw: &Spanned<RawCors>, d: &mut Diags<'_>) -> Option<crate::cors::Cors> {
+    use crate::cors::{DEFAULT_METHODS, Origin, Settings};
+    let c = raw.get_ref();
+    let before = d.len();
+    let any = c.allow_origins.iter().any(|o| o.get_ref() == "*");
+    if c.allow_origins.is_empty() {
+        d.at(
+            Some(&raw.span()),
+            "[cors] allow_origins is empty: name the origins of the pages that call the API, \
+             as `https://app.example.com`, or leave [cors] out",
+        );
+    } else if any && c.allow_origins.len() > 1 {
+        d.at(
+            Some(&raw.span()),
+            "[cors] allow_origins: `*` allows every origin; it cannot be listed with others",
+        );
+    } else if any && c.allow_credentials {
+        d.at(
+            Some(&raw.span()),
+            "[cors] allow_credentials = true with allow_origins = [\"*\"] would let every site \
+             read answers sent with the user's cookies: name the origins",
+        );
+    }
+    let origins: Vec<Origin> = c
+        .allow_origins
+        .iter()
+        .filter(|o| o.get_ref() != "*")
+        .filter_map(|o| match Origin::parse(o.get_ref()) {
+            Ok(origin) => Some(origin),
+            Err(why) => {
+                d.at(Some(&o.span()), why);
+                None
+            }
+        })
+        .collect();
+    let methods = match &c.allow_methods {
+        Some(ms) => methods(ms, d),
+        None => DEFAULT_METHODS.to_vec(),
+    };
+    let mut names = |list: &[Spanned<String>]| -> Vec<HeaderName> {
+        list.iter()
+            .filter_map(|h| match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    d.at(
+                        Some(&h.span()),
+                        format!("`{}` is not a valid header name", h.get_ref()),
+                    );
+                    None
+                }
+            })
+            .collect()
+    };
+    let headers = c.allow_headers.as_ref().map(|h| names(h));
+    let expose = names(&c.expose_headers);
+    // A `*` here is a wildcard that leaves out `Authorization` (Fetch
+    // standard), so the calls it was meant to allow are refused.
+    if let Some(star) = c
+        .allow_headers
+        .iter()
+        .flatten()
+        .find(|h| h.get_ref() == "*")
+    {
+        d.at(
+            Some(&star.span()),
+            "[cors] allow_headers: browsers do not count `Authorization` in a `*`; name the \
+             headers, or leave allow_headers out to allow what each preflight asks for",
+        );
+    }
+    let max_age = c
+        .max_age
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(600), |a| a.get_ref().0);
+    if d.len() != before {
+        return None;
+    }
+    Some(crate::cors::Cors::new(Settings {
+        origins: (!any).then_some(origins),
+        methods,
+        headers,
+        expose,
+        max_age,
+        credentials: c.allow_credentials,
+    }))
 }

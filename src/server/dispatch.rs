@@ -1,5 +1,6 @@
-//! Chooses who answers a request: the gateway's own endpoints (`/auth/*`,
-//! `/.well-known/*`), else the proxy path.
+//! Chooses who answers a request: `[cors]` for a preflight, else the
+//! gateway's own endpoints (`/auth/*`, `/.well-known/*`), else the proxy
+//! path.
 
 use std::time::Instant;
 
@@ -7,6 +8,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
+use crate::cors::Class;
 use crate::endpoints::{self, Endpoint};
 use crate::proxy::{self, Peer};
 use crate::state::{Gateway, Snapshot};
@@ -17,15 +19,42 @@ pub async fn dispatch(
     snap: &Snapshot,
     peer: &Peer,
 ) -> Response<Body> {
-    let Some(endpoint) = Endpoint::at(req.uri().path()) else {
-        return proxy::handle(req, snap, &gw.revocations, peer).await;
+    let cors = snap.config.cors.as_ref();
+    let mut allowed = None;
+    if let Some(cors) = cors {
+        match cors.classify(req.method(), req.headers()) {
+            Class::Preflight(rsp) => return rsp,
+            Class::Cross(origin) => allowed = origin,
+            Class::Plain => {}
+        }
+    }
+    // One async level for the proxy path: a second one (an `async fn`
+    // around this match) cost 300 instructions a request, mostly moving
+    // its future into this one's.
+    let mut rsp = match Endpoint::at(req.uri().path()) {
+        None => proxy::handle(req, snap, &gw.revocations, peer).await,
+        // Boxed: the endpoints' futures (password hashing, store writes)
+        // are larger than the proxy path's, and every request's future
+        // would otherwise be as large as theirs (hyper moves it into place).
+        Some(endpoint) => Box::pin(endpoint_logged(endpoint, req, gw, snap, peer)).await,
     };
+    if let Some(cors) = cors {
+        cors.mark(&mut rsp, allowed);
+    }
+    rsp
+}
+
+/// One of the gateway's own endpoints, with its access log line.
+async fn endpoint_logged(
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+    gw: &Gateway,
+    snap: &Snapshot,
+    peer: &Peer,
+) -> Response<Body> {
     let method = req.method().clone();
     let started = Instant::now();
-    // Boxed: the endpoints' futures (password hashing, store writes) are
-    // larger than the proxy path's, and every request's future would
-    // otherwise be as large as theirs (hyper moves it into place).
-    let rsp = Box::pin(endpoints::serve(endpoint, req, gw, snap, peer)).await;
+    let rsp = endpoints::serve(endpoint, req, gw, snap, peer).await;
     tracing::info!(
         target: "gatehouse::access",
         method = %method,
