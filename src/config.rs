@@ -293,6 +293,8 @@ pub struct RouteSpec {
     pub scopes_all: Vec<String>,
     pub claims: Vec<(String, serde_json::Value)>,
     pub strip_prefix: bool,
+    /// `rate_limit`: requests over the rate, counted by address or subject, are 429.
+    pub rate_limit: Option<(Rate, crate::ratelimit::LimitBy)>,
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).

@@ -37,6 +37,9 @@ pub enum GatewayError {
     /// A login rate limit; the seconds go into `Retry-After`.
     #[error("rate limited")]
     RateLimited(u64),
+    /// A route's `rate_limit`; the seconds go into `Retry-After`.
+    #[error("route rate limit")]
+    RouteRateLimited(u64),
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("unsupported content type")]
@@ -71,7 +74,9 @@ impl GatewayError {
             GatewayError::InvalidCredentials | GatewayError::InvalidGrant(_) => {
                 StatusCode::UNAUTHORIZED
             }
-            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited(_) | GatewayError::RouteRateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -109,6 +114,10 @@ impl GatewayError {
             GatewayError::RateLimited(_) => (
                 "rate_limited",
                 "too many login attempts; retry after the time in Retry-After",
+            ),
+            GatewayError::RouteRateLimited(_) => (
+                "rate_limited",
+                "too many requests on this route; retry after the time in Retry-After",
             ),
             GatewayError::PayloadTooLarge => ("invalid_request", "the request body is too large"),
             GatewayError::UnsupportedMediaType => (
@@ -156,7 +165,7 @@ impl GatewayError {
             rsp.headers_mut().insert(WWW_AUTHENTICATE, v);
         }
         match self {
-            GatewayError::RateLimited(secs) => {
+            GatewayError::RateLimited(secs) | GatewayError::RouteRateLimited(secs) => {
                 rsp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }

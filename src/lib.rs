@@ -32,6 +32,7 @@ pub mod error;
 pub mod login;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod state;

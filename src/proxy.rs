@@ -11,7 +11,7 @@ pub(crate) mod path;
 pub mod pool;
 pub mod upstream;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use crate::auth::{BearerToken, LastToken, Rejected, VerifiedClaims, bearer};
 use crate::body::{self, Body, BodyState, Deadline, Hold};
 use crate::config::AuthMode;
 use crate::error::GatewayError;
+use crate::ratelimit::{LimitBy, RouteLimit};
 use crate::routes::Route;
 use crate::state::Snapshot;
 use crate::store::Revocations;
@@ -49,6 +50,34 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// The client a rate limit counts against: the peer, or, when the peer
+    /// is a trusted proxy, the rightmost `X-Forwarded-For` hop that is not
+    /// one (the same reading as the forwarded `X-Forwarded-For`).
+    pub fn client_ip(&self, headers: &http::HeaderMap, snap: &Snapshot) -> IpAddr {
+        let trusted = |ip: IpAddr| snap.config.server.trusts(ip);
+        let mut client = self.addr.ip();
+        if !trusted(client) {
+            return client;
+        }
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        for hop in hops.iter().rev() {
+            let Ok(ip) = hop.parse::<IpAddr>() else {
+                break;
+            };
+            client = ip;
+            if !trusted(ip) {
+                break;
+            }
+        }
+        client
+    }
+
     pub fn new(
         addr: SocketAddr,
         guard: forward::ConnGuard,
@@ -113,6 +142,30 @@ pub async fn handle(
     rsp
 }
 
+/// Counts the request against `limit` when it counts by `by` at this
+/// step: per address before the token is checked, per subject after (a
+/// request without a token then counts by its address).
+///
+/// # Errors
+/// 429 with `Retry-After` over the rate.
+fn count(
+    limit: &RouteLimit,
+    by: LimitBy,
+    caller: Option<&VerifiedClaims>,
+    req: &Request<Incoming>,
+    peer: &Peer,
+    snap: &Snapshot,
+) -> Result<(), GatewayError> {
+    if limit.by != by {
+        return Ok(());
+    }
+    let counted = match caller.and_then(VerifiedClaims::subject_key) {
+        Some(subject) => limit.check_subject(subject),
+        None => limit.check_ip(peer.client_ip(req.headers(), snap)),
+    };
+    counted.map_err(|wait| GatewayError::RouteRateLimited(wait.secs()))
+}
+
 async fn handle_inner<'s>(
     mut req: Request<Incoming>,
     snap: &'s Snapshot,
@@ -130,6 +183,11 @@ async fn handle_inner<'s>(
         .find(req.method(), host_str, req.uri().path())
         .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(route);
+    if let Some(limit) = &route.limit {
+        // By address: before the token is checked, so a flood of bad
+        // tokens from one client costs no signature checks.
+        count(limit, LimitBy::Ip, None, &req, peer, snap)?;
+    }
     let last = &peer.last_token;
     let caller = match admit(req.headers(), route, snap, revocations, last, true) {
         Some(admitted) => admitted?,
@@ -145,6 +203,10 @@ async fn handle_inner<'s>(
         }
     };
     ctx.caller = caller;
+    if let Some(limit) = &route.limit {
+        let caller = ctx.caller.as_deref();
+        count(limit, LimitBy::Subject, caller, &req, peer, snap)?;
+    }
     let seen = Seen::scan(req.headers(), Some(snap.verifier.identity()));
     // Read before the hop-by-hop headers go: they carry the upgrade request.
     let upgrade = seen.is_upgrade(req.headers());

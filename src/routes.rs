@@ -9,6 +9,7 @@ use http::Method;
 use crate::auth::AccessRule;
 use crate::config::{AuthMode, RouteSpec};
 use crate::metrics::{ClassCounters, Metrics};
+use crate::ratelimit::RouteLimit;
 
 /// One compiled route.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub struct Route {
     /// This route's request counts (`/metrics`): the gateway's, by
     /// [`Route::name`], once the snapshot is served.
     pub requests: Arc<ClassCounters>,
+    /// `rate_limit`, with its counts.
+    pub limit: Option<RouteLimit>,
 }
 
 #[derive(Debug, Default)]
@@ -50,8 +53,14 @@ impl RouteTable {
                 ),
                 strip_prefix: s.strip_prefix,
                 requests: Arc::default(),
+                limit: None,
             })
             .collect();
+        for (route, spec) in routes.iter_mut().zip(specs) {
+            if let Some((rate, by)) = spec.rate_limit {
+                route.limit = Some(RouteLimit::new(&route.name(), rate, by));
+            }
+        }
         // Stable: equally specific routes keep their config order.
         routes.sort_by_key(|r| {
             (
@@ -87,6 +96,13 @@ impl RouteTable {
 
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+
+    /// Forgets the rate limits' idle keys (the server's housekeeping).
+    pub fn sweep_limits(&self) {
+        for limit in self.routes.iter().filter_map(|r| r.limit.as_ref()) {
+            limit.sweep();
+        }
     }
 }
 
@@ -161,6 +177,7 @@ mod tests {
             scopes_all: vec![],
             claims: vec![],
             strip_prefix: false,
+            rate_limit: None,
         }
     }
 

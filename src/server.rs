@@ -214,9 +214,11 @@ async fn housekeeping(shared: Shared) {
             Err(e) => tracing::warn!(error = %e, "sweeping the state store failed"),
         }
         shared.revocations.prune(now);
-        if let Some(login) = &shared.load().login {
+        let snap = shared.load();
+        if let Some(login) = &snap.login {
             login.limits.housekeeping();
         }
+        snap.routes.sweep_limits();
     }
 }
 

@@ -348,4 +348,13 @@ pub struct RawRoute {
     pub claims: toml::Table,
     #[serde(default)]
     pub strip_prefix: bool,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+/// A route's `rate_limit = { rate = "100/s", per = "ip" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub rate: Spanned<String>,
+    pub per: crate::ratelimit::LimitBy,
 }

@@ -17,6 +17,7 @@ use super::units::Dur;
 use super::*;
 use crate::auth::remote::discovery;
 use crate::client_tls;
+use crate::ratelimit::LimitBy;
 
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
 const MIN_SECRET_BYTES: usize = 32;
@@ -978,6 +979,22 @@ fn routes(
                 "roles_any, scopes_all and claims need auth = \"required\": a request without a token would skip them",
             );
         }
+        let rate_limit = r.rate_limit.as_ref().and_then(|l| {
+            let l = l.get_ref();
+            if l.per == LimitBy::Subject && r.auth == AuthMode::None {
+                d.at(
+                    Some(&span),
+                    "rate_limit per = \"subject\" on a route with auth = \"none\": there is no token to count by; use per = \"ip\"",
+                );
+            }
+            match Rate::parse(l.rate.get_ref()) {
+                Ok(rate) => Some((rate, l.per)),
+                Err(why) => {
+                    d.at(Some(&l.rate.span()), why);
+                    None
+                }
+            }
+        });
         let mut key_methods: Vec<String> =
             methods.iter().flatten().map(|m| m.to_string()).collect();
         key_methods.sort();
@@ -1023,6 +1040,7 @@ fn routes(
             scopes_all: r.scopes_all.clone(),
             claims,
             strip_prefix: r.strip_prefix,
+            rate_limit,
         });
     }
     for (u, used) in ups.iter().zip(used) {

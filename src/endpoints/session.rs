@@ -3,7 +3,6 @@
 //! issued or revoked (a 2xx is never lost to a crash), then updates the
 //! in-memory revocations the proxy path checks.
 
-use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -33,7 +32,7 @@ pub async fn login(
     peer: &Peer,
 ) -> Result<Response<Body>, GatewayError> {
     let login = snap.login.as_ref().ok_or(NOT_FOUND)?;
-    let client = client_ip(req.headers(), peer, snap);
+    let client = peer.client_ip(req.headers(), snap);
     login
         .limits
         .check_ip(client)
@@ -259,34 +258,6 @@ pub async fn logout_all(
     commit(gw, revocation).await?;
     tracing::info!(%subject, "logout everywhere");
     Ok(no_content())
-}
-
-/// The client a login counts against: the peer, or, when the peer is a
-/// trusted proxy, the rightmost `X-Forwarded-For` hop that is not one (the
-/// same reading as the proxy path's).
-fn client_ip(headers: &http::HeaderMap, peer: &Peer, snap: &Snapshot) -> IpAddr {
-    let trusted = |ip: IpAddr| snap.config.server.trusts(ip);
-    let mut client = peer.addr.ip();
-    if !trusted(client) {
-        return client;
-    }
-    let hops: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    for hop in hops.iter().rev() {
-        let Ok(ip) = hop.parse::<IpAddr>() else {
-            break;
-        };
-        client = ip;
-        if !trusted(ip) {
-            break;
-        }
-    }
-    client
 }
 
 /// A username as logs show it: at most 64 characters (then formatted with

@@ -51,40 +51,15 @@
 //! gives their memory back.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::RandomState;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
-use governor::middleware::{StateInformationMiddleware, StateSnapshot};
-use governor::state::keyed::DashMapStateStore;
-use governor::{Quota, RateLimiter};
 use moka::policy::EvictionPolicy;
 
-/// Default cap on the keys each limiter holds (see the module doc).
-pub const MAX_KEYS: usize = 100_000;
-
-/// At the key cap, sweep idle keys at most this often: a sweep walks every
-/// key, and an attacker holding the limiter full must not make each request
-/// pay for one.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// Longest period honoured: governor panics on durations over ~584 years.
-const MAX_PERIOD: Duration = Duration::from_secs(365 * 86_400);
-
-/// `count` events per `per`, written `"20/min"` in `gateway.toml`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rate {
-    pub count: NonZeroU32,
-    pub per: Duration,
-}
-
-/// Refused: retry after this long. The `Retry-After` header is [`RetryAfter::secs`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryAfter(pub Duration);
+use crate::ratelimit::{IpKey, Keyed, NameKey};
+pub use crate::ratelimit::{MAX_KEYS, Rate, RetryAfter};
 
 /// The per-IP and per-user login limits. Shared by reference; every method
 /// takes `&self`.
@@ -95,123 +70,15 @@ pub struct LoginLimits<C: Clock = DefaultClock> {
     /// Every attempt, per client address (IPv6: per /64).
     per_ip: Keyed<IpKey, C>,
     /// Failed attempts, per username.
-    per_user: Keyed<UserKey, C>,
+    per_user: Keyed<NameKey, C>,
     /// Blocked users -> blocked until (time since `epoch` on `clock`).
     /// Time-to-live = the per-user period, so entries go away on their own.
-    blocked: moka::sync::Cache<UserKey, Duration>,
+    blocked: moka::sync::Cache<NameKey, Duration>,
     /// Keys the username hash, so colliding names cannot be chosen.
     hasher: RandomState,
     clock: C,
     /// When this instance was built; times are kept as offsets from it.
     epoch: C::Instant,
-}
-
-/// Rate-limit key for a client address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum IpKey {
-    V4(u32),
-    /// The upper 64 bits of an IPv6 address.
-    V6Net(u64),
-}
-
-/// Rate-limit key for a username: a 128-bit keyed hash of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct UserKey(u64, u64);
-
-/// One keyed governor limiter with a cap on its keys.
-struct Keyed<K: Hash + Eq + Clone, C: Clock> {
-    limiter: RateLimiter<K, DashMapStateStore<K>, C, StateInformationMiddleware>,
-    /// One cell comes back every `interval`.
-    interval: Duration,
-    /// A full burst comes back in `period`: the `Retry-After` when full.
-    period: Duration,
-    max_keys: usize,
-    /// Earliest next sweep at the cap, in nanoseconds since `epoch`.
-    next_sweep: AtomicU64,
-    /// Which limiter, for the log.
-    name: &'static str,
-}
-
-// === impl Rate ===
-
-impl Rate {
-    /// Parses `"N/s"`, `"N/sec"`, `"N/second"`, `"N/min"`, `"N/minute"`,
-    /// `"N/h"` or `"N/hour"` with N ≥ 1; whitespace around it is ignored.
-    ///
-    /// # Errors
-    /// A message for a config diagnostic, naming the expected form.
-    pub fn parse(s: &str) -> Result<Rate, String> {
-        let s = s.trim();
-        let Some((num, unit)) = s.split_once('/') else {
-            return Err(format!("`{s}` is not a rate like \"20/min\""));
-        };
-        let (num, unit) = (num.trim(), unit.trim());
-        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!(
-                "rate `{s}` must start with a whole number (e.g. \"20/min\")"
-            ));
-        }
-        let count = match num.parse::<u32>() {
-            Ok(n) => NonZeroU32::new(n).ok_or_else(|| format!("rate `{s}` must be at least 1"))?,
-            Err(_) => return Err(format!("rate `{s}` is too large")),
-        };
-        let per = match unit {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            _ => {
-                return Err(format!(
-                    "rate `{s}` has unknown unit `{unit}`: use s, min or h (e.g. \"20/min\")"
-                ));
-            }
-        };
-        Ok(Rate { count, per })
-    }
-
-    /// The time one event's allowance takes to come back: `per / count`.
-    pub fn interval(&self) -> Duration {
-        self.per / self.count.get()
-    }
-
-    fn quota(self) -> Quota {
-        let interval = (self.per.min(MAX_PERIOD) / self.count.get()).max(Duration::from_nanos(1));
-        // `with_period` is `None` only for a zero interval, ruled out above.
-        Quota::with_period(interval)
-            .unwrap_or(Quota::per_second(self.count))
-            .allow_burst(self.count)
-    }
-}
-
-impl FromStr for Rate {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Rate, String> {
-        Rate::parse(s)
-    }
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unit = match (self.per.as_secs(), self.per.subsec_nanos()) {
-            (1, 0) => "s",
-            (60, 0) => "min",
-            (3600, 0) => "h",
-            // Only reachable by building a `Rate` by hand.
-            _ => return write!(f, "{}/{:?}", self.count, self.per),
-        };
-        write!(f, "{}/{unit}", self.count)
-    }
-}
-
-// === impl RetryAfter ===
-
-impl RetryAfter {
-    /// Whole seconds, rounded up, at least 1 (`Retry-After: 0` would invite
-    /// an immediate retry).
-    pub fn secs(&self) -> u64 {
-        let d = self.0;
-        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
-    }
 }
 
 // === impl LoginLimits ===
@@ -235,8 +102,20 @@ impl<C: Clock + Clone> LoginLimits<C> {
             .eviction_policy(EvictionPolicy::lru())
             .build();
         LoginLimits {
-            per_ip: Keyed::new("per_ip", per_ip.quota(), max_keys, clock.clone()),
-            per_user: Keyed::new("per_user", per_user_quota, max_keys, clock.clone()),
+            per_ip: Keyed::new(
+                "login per_ip".into(),
+                per_ip.quota(),
+                max_keys,
+                true,
+                clock.clone(),
+            ),
+            per_user: Keyed::new(
+                "login per_user".into(),
+                per_user_quota,
+                max_keys,
+                true,
+                clock.clone(),
+            ),
             blocked,
             hasher: RandomState::new(),
             epoch: clock.now(),
@@ -303,14 +182,8 @@ impl<C: Clock + Clone> LoginLimits<C> {
         self.clock.now().duration_since(self.epoch).into()
     }
 
-    fn user_key(&self, username: &str) -> UserKey {
-        let half = |tag: u8| {
-            let mut h = self.hasher.build_hasher();
-            h.write_u8(tag);
-            h.write(username.as_bytes());
-            h.finish()
-        };
-        UserKey(half(0), half(1))
+    fn user_key(&self, username: &str) -> NameKey {
+        NameKey::of(&self.hasher, username)
     }
 }
 
@@ -321,78 +194,6 @@ impl<C: Clock> fmt::Debug for LoginLimits<C> {
             .field("per_user_keys", &self.per_user.limiter.len())
             .field("blocked_users", &self.blocked.entry_count())
             .finish_non_exhaustive()
-    }
-}
-
-impl From<IpAddr> for IpKey {
-    fn from(ip: IpAddr) -> IpKey {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => IpKey::V4(u32::from(v4)),
-            // The shift leaves 64 significant bits: the cast is lossless.
-            IpAddr::V6(v6) => IpKey::V6Net((u128::from(v6) >> 64) as u64),
-        }
-    }
-}
-
-// === impl Keyed ===
-
-impl<K: Hash + Eq + Clone, C: Clock> Keyed<K, C> {
-    fn new(name: &'static str, quota: Quota, max_keys: usize, clock: C) -> Self {
-        Keyed {
-            limiter: RateLimiter::dashmap_with_clock(quota, clock)
-                .with_middleware::<StateInformationMiddleware>(),
-            interval: quota.replenish_interval(),
-            period: quota.burst_size_replenished_in(),
-            max_keys,
-            next_sweep: AtomicU64::new(0),
-            name,
-        }
-    }
-
-    /// Consumes one cell for `key`. `now` is the time since the epoch.
-    fn check(&self, key: &K, now: Duration) -> Result<StateSnapshot, RetryAfter> {
-        if !self.has_room(now) {
-            return Err(RetryAfter(self.period));
-        }
-        self.limiter
-            .check_key(key)
-            .map_err(|not| RetryAfter(not.wait_time_from(self.limiter.clock().now())))
-    }
-
-    /// Whether a key may be added, sweeping idle keys first at the cap.
-    ///
-    /// `len` and the insert in `check_key` are not atomic: requests racing
-    /// at the cap may each add one key over it.
-    fn has_room(&self, now: Duration) -> bool {
-        if self.limiter.len() < self.max_keys {
-            return true;
-        }
-        let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        let due = self.next_sweep.load(Ordering::Relaxed);
-        let next = now.saturating_add(SWEEP_EVERY.as_nanos() as u64);
-        // One caller sweeps; the others see the cap as it is.
-        if now >= due
-            && self
-                .next_sweep
-                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.sweep();
-            let keys = self.limiter.len();
-            if keys >= self.max_keys {
-                tracing::warn!(
-                    limiter = self.name,
-                    keys,
-                    "login rate limiter full of recent keys: refusing logins until they age out"
-                );
-            }
-        }
-        self.limiter.len() < self.max_keys
-    }
-
-    fn sweep(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
     }
 }
 
@@ -422,73 +223,6 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let limits = LoginLimits::with_clock(rate(per_ip), rate(per_user), max_keys, clock.clone());
         (limits, clock)
-    }
-
-    #[test]
-    fn parses_every_unit() {
-        for (s, count, secs) in [
-            ("1/s", 1, 1),
-            ("3/sec", 3, 1),
-            ("3/second", 3, 1),
-            ("20/min", 20, 60),
-            ("5/minute", 5, 60),
-            ("100/h", 100, 3600),
-            ("100/hour", 100, 3600),
-            ("  20/min\n", 20, 60),
-            ("20 / min", 20, 60),
-        ] {
-            let want = Rate {
-                count: NonZeroU32::new(count).expect("nonzero"),
-                per: Duration::from_secs(secs),
-            };
-            assert_eq!(Rate::parse(s), Ok(want), "{s:?}");
-        }
-    }
-
-    #[test]
-    fn rejects_bad_rates_with_a_diagnostic() {
-        assert_eq!(
-            Rate::parse("abc"),
-            Err("`abc` is not a rate like \"20/min\"".to_string())
-        );
-        for bad in [
-            "",
-            "20",
-            "/min",
-            "20/",
-            "0/min",
-            "-1/min",
-            "+1/min",
-            "1.5/s",
-            "20/day",
-            "20/m",
-            "20/MIN",
-            "20/min/s",
-            "99999999999/s",
-        ] {
-            assert!(Rate::parse(bad).is_err(), "{bad:?} should be refused");
-        }
-        let unit = Rate::parse("20/day").expect_err("unknown unit");
-        assert!(unit.contains("unknown unit `day`"), "{unit}");
-        let zero = Rate::parse("0/min").expect_err("zero");
-        assert!(zero.contains("at least 1"), "{zero}");
-    }
-
-    #[test]
-    fn displays_in_the_form_it_parses() {
-        for s in ["20/min", "1/s", "3/h"] {
-            assert_eq!(rate(s).to_string(), s);
-        }
-        assert_eq!(rate("5/minute").to_string(), "5/min");
-        assert_eq!(rate(" 7/second ").to_string().parse(), Ok(rate("7/s")));
-    }
-
-    #[test]
-    fn retry_after_rounds_up_to_at_least_one_second() {
-        assert_eq!(RetryAfter(Duration::ZERO).secs(), 1);
-        assert_eq!(RetryAfter(Duration::from_millis(1)).secs(), 1);
-        assert_eq!(RetryAfter(Duration::from_secs(2)).secs(), 2);
-        assert_eq!(RetryAfter(Duration::from_millis(2001)).secs(), 3);
     }
 
     #[test]
