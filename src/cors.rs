@@ -101,16 +101,21 @@ impl Origin {
             Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
             _ => (rest, None),
         };
-        if let Some(p) = port
-            && p.parse::<u16>().is_err()
-        {
-            return Err(format!("`{s}`: `{p}` is not a port"));
-        }
-        // Browsers leave the scheme's default port out of `Origin`.
-        let port = port.filter(|p| !matches!((scheme, *p), ("https", "443") | ("http", "80")));
-        let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+        let port = match port {
+            None => None,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+                _ => return Err(format!("`{s}`: `{p}` is not a port")),
+            },
+        };
+        // Browsers write the port as a number, and leave the scheme's
+        // default one out.
+        let port = port.filter(|&n| !matches!((scheme, n), ("https", 443) | ("http", 80)));
+        let port = port.map(|n| format!(":{n}")).unwrap_or_default();
         if let Some(parent) = host.strip_prefix("*.") {
-            if parent.is_empty() || !is_host(parent) {
+            if !is_host_bytes(parent.as_bytes())
+                || parent.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            {
                 return Err(format!("`{s}`: `{parent}` is not a host name"));
             }
             return Ok(Origin::Subdomains {
@@ -143,9 +148,21 @@ impl Origin {
 /// Letters, digits, `-` and `.` (what a DNS name, punycode included, or an
 /// IPv4 address is made of), or a bracketed IPv6 address; not starting or
 /// ending with a dot.
+///
+/// An IP address must be written as browsers write it in `Origin`
+/// (`127.0.0.1`, `[::1]`), or no request would ever match it.
 fn is_host(h: &str) -> bool {
     if let Some(v6) = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+        // Rust and the URL standard agree on the form, bar embedded IPv4
+        // (`::ffff:1.2.3.4`, which browsers write `::ffff:102:304`).
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.to_string() == v6 && !v6.contains('.'));
+    }
+    if h.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return h
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.to_string() == h);
     }
     is_host_bytes(h.as_bytes())
 }
@@ -228,6 +245,16 @@ impl Cors {
         Class::Cross(allowed)
     }
 
+    /// For `/auth/verify`: whether a forwarded preflight (its method
+    /// OPTIONS, given by the front proxy) comes from an allowed origin;
+    /// `None` when the headers are not a preflight's.
+    pub fn forwarded_preflight(&self, headers: &HeaderMap) -> Option<bool> {
+        let origin = headers.get(ORIGIN)?;
+        headers
+            .contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+            .then(|| self.allow_origin(origin).is_some())
+    }
+
     /// The `Access-Control-Allow-Origin` for `origin`, if it is allowed.
     fn allow_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
         match &self.origins {
@@ -285,6 +312,14 @@ impl Cors {
                 h.remove(name);
             }
         }
+        // With every origin allowed, every answer says so, to requests
+        // without `Origin` too: a cache may hand it to a CORS request later
+        // (Fetch, "CORS protocol and HTTP caches").
+        let allowed = allowed.or_else(|| {
+            self.origins
+                .is_none()
+                .then(|| HeaderValue::from_static("*"))
+        });
         if let Some(allow_origin) = allowed {
             self.allow(h, allow_origin);
             if let Some(expose) = &self.expose {
@@ -331,6 +366,15 @@ mod tests {
             origin("http://localhost:3000"),
             Origin::Exact("http://localhost:3000".into())
         );
+        // The port as a number, as browsers write it.
+        assert_eq!(
+            origin("http://localhost:03000"),
+            Origin::Exact("http://localhost:3000".into())
+        );
+        assert_eq!(
+            origin("https://app.example.com:0443"),
+            Origin::Exact("https://app.example.com".into())
+        );
         assert_eq!(
             origin("http://[::1]:8080"),
             Origin::Exact("http://[::1]:8080".into())
@@ -362,6 +406,13 @@ mod tests {
             "https://*example.com",
             "null",
             "1http://x",
+            "https://app.example.com:+443",
+            "http://[0:0:0:0:0:0:0:1]:8080",
+            "http://[::ffff:1.2.3.4]",
+            "http://127.000.000.001:3000",
+            "http://1.2.3",
+            "https://*.[::1]",
+            "https://*.10.0.0.1",
         ] {
             assert!(Origin::parse(bad).is_err(), "{bad} was accepted");
         }
@@ -510,6 +561,10 @@ mod tests {
     #[test]
     fn any_origin_gets_a_star_and_no_vary() {
         let c = cors(None, false);
+        // Without `Origin` too: a cache may keep this answer for a CORS request.
+        let mut plain = Response::new(body::empty());
+        c.mark(&mut plain, None);
+        assert_eq!(plain.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], "*");
         let mut rsp = Response::new(body::empty());
         let Class::Cross(allowed) =
             c.classify(&Method::GET, &headers(&[("origin", "https://x.test")]))

@@ -172,6 +172,21 @@ async fn verify(
             .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
             .unwrap_or(Method::GET),
     };
+    // A browser's preflight carries no token: with `[cors]` the front proxy
+    // is let pass it on (its upstream answers it), as the proxy path
+    // answers it itself.
+    if method == Method::OPTIONS
+        && let Some(cors) = &snap.config.cors
+        && let Some(allowed) = cors.forwarded_preflight(h)
+    {
+        if !allowed {
+            return Err(GatewayError::OriginNotAllowed);
+        }
+        let mut rsp = Response::new(body::empty());
+        rsp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(rsp);
+    }
     let host = text("x-forwarded-host").or_else(|| crate::proxy::host(req));
     let route = snap
         .routes

@@ -13,6 +13,7 @@ use gatehouse::state::Snapshot;
 use http::{Method, Response};
 use http_body_util::Full;
 use jsonwebtoken::Algorithm;
+use support::process::Gatehouse;
 use support::*;
 
 const APP: &str = "https://app.example.com";
@@ -240,6 +241,13 @@ max_age = "0s"
     // The upstream's credentials flag is not the gateway's: removed.
     assert_eq!(header(&r, "access-control-allow-credentials"), None);
     assert_eq!(all(&r, "vary"), ["Accept-Encoding"]);
+
+    // Without `Origin` too, so that a cache can hand the answer (here the
+    // gateway's own public, cacheable key set) to a CORS request.
+    let r = get(&s.gw.url("/.well-known/jwks.json"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(all(&r, "access-control-allow-origin"), ["*"]);
+    assert_eq!(header(&r, "vary"), None);
 }
 
 #[tokio::test]
@@ -280,4 +288,86 @@ async fn a_reload_turns_cors_on() {
     let r = preflight(&s.gw, "/api/items", APP).await;
     assert_eq!(r.status, 204);
     assert_eq!(header(&r, "access-control-allow-origin"), Some(APP));
+}
+
+/// nginx `auth_request` and Traefik ForwardAuth ask `/auth/verify` with GET
+/// and the original method in `X-Forwarded-Method`: a browser's preflight
+/// must get through without a token, from an allowed origin only.
+#[tokio::test]
+async fn forward_auth_lets_preflights_from_allowed_origins_through() {
+    let s = setup(CORS).await;
+    let forwarded = |origin: &'static str| {
+        [
+            ("x-forwarded-method", "OPTIONS"),
+            ("x-forwarded-uri", "/api/items"),
+            ("origin", origin),
+            ("access-control-request-method", "DELETE"),
+        ]
+    };
+    let r = get(&s.gw.url("/auth/verify"), &forwarded(APP)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(header(&r, "x-auth-subject"), None);
+    let r = get(&s.gw.url("/auth/verify"), &forwarded("https://evil.test")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "origin_not_allowed");
+    // Anything else is judged by the route as before: a plain OPTIONS (no
+    // preflight headers) finds no route, as OPTIONS is not among its
+    // methods; without [cors], a preflight neither.
+    let plain = [
+        ("x-forwarded-method", "OPTIONS"),
+        ("x-forwarded-uri", "/api/items"),
+    ];
+    assert_eq!(get(&s.gw.url("/auth/verify"), &plain).await.status, 404);
+    let without = setup("").await;
+    let r = get(&without.gw.url("/auth/verify"), &forwarded(APP)).await;
+    assert_eq!(r.status, 404);
+    // A GET, with or without preflight headers, needs its token.
+    let mut get_preflight = forwarded(APP);
+    get_preflight[0].1 = "GET";
+    assert_eq!(
+        get(&s.gw.url("/auth/verify"), &get_preflight).await.status,
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflights_get_an_access_log_line() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gatehouse::start(dir.path(), |listen, admin| {
+        config_with(
+            up.addr,
+            &format!("[[routes]]\npath_prefix = \"/api/\"\nupstream = \"up\"\n{CORS}"),
+        )
+        .replacen(
+            "admin_listen = \"\"\n",
+            &format!("listen = \"{listen}\"\nadmin_listen = \"{admin}\"\n"),
+            1,
+        )
+    })
+    .await;
+    let send_preflight = |origin: &'static str| {
+        let url = gw.url("/api/items");
+        async move {
+            send(
+                Method::OPTIONS,
+                &url,
+                &[("origin", origin), ("access-control-request-method", "GET")],
+                "",
+            )
+            .await
+        }
+    };
+    assert_eq!(send_preflight(APP).await.status, 204);
+    assert_eq!(send_preflight("https://evil.test").await.status, 403);
+    let logged = eventually(std::time::Duration::from_secs(5), || async {
+        let log = gw.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("gatehouse::access") && l.contains("preflight=true"))
+            .collect();
+        lines.len() == 2 && lines[0].contains("status=204") && lines[1].contains("status=403")
+    })
+    .await;
+    assert!(logged, "{}", gw.log());
 }

@@ -363,3 +363,17 @@ fn cors_origins_star_stands_alone() {
     assert!(check(&format!("{UPSTREAM}\n[cors]\nallow_origins = [\"*\"]\n")).is_ok());
     assert!(check(UPSTREAM).unwrap().cors.is_none());
 }
+
+#[test]
+fn cors_stars_are_names_with_credentials() {
+    for key in ["allow_methods", "expose_headers"] {
+        let src = format!(
+            "{UPSTREAM}\n[cors]\nallow_origins = [\"https://a.test\"]\nallow_credentials = true\n{key} = [\"*\"]\n"
+        );
+        let errs = check(&src).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("read `*` as a name"), "{errs:?}");
+        let without = src.replace("allow_credentials = true", "allow_credentials = false");
+        assert!(check(&without).is_ok(), "{key}");
+    }
+}

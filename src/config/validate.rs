@@ -1163,6 +1163,21 @@ fn cors(raw: &Spanned<RawCors>, d: &mut Diags<'_>) -> Option<crate::cors::Cors> 
     };
     let headers = c.allow_headers.as_ref().map(|h| names(h));
     let expose = names(&c.expose_headers);
+    // With credentials, browsers read a `*` as a method or header named `*`.
+    let literal_star = c
+        .allow_methods
+        .iter()
+        .flatten()
+        .chain(&c.expose_headers)
+        .find(|h| h.get_ref() == "*")
+        .filter(|_| c.allow_credentials);
+    if let Some(star) = literal_star {
+        d.at(
+            Some(&star.span()),
+            "[cors] with allow_credentials = true, browsers read `*` as a name, not a wildcard: \
+             list the methods and headers",
+        );
+    }
     // A `*` here is a wildcard that leaves out `Authorization` (Fetch
     // standard), so the calls it was meant to allow are refused.
     if let Some(star) = c

@@ -23,7 +23,17 @@ pub async fn dispatch(
     let mut allowed = None;
     if let Some(cors) = cors {
         match cors.classify(req.method(), req.headers()) {
-            Class::Preflight(rsp) => return rsp,
+            Class::Preflight(rsp) => {
+                tracing::info!(
+                    target: "gatehouse::access",
+                    method = "OPTIONS",
+                    path = req.uri().path(),
+                    route = "-",
+                    preflight = true,
+                    status = rsp.status().as_u16(),
+                );
+                return rsp;
+            }
             Class::Cross(origin) => allowed = origin,
             Class::Plain => {}
         }
