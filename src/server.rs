@@ -201,6 +201,26 @@ async fn follow_revocations(shared: Shared) {
     }
 }
 
+/// An answer to HEAD over HTTP/2, without its body (RFC 9110 §9.3.2).
+/// The gateway's own answers (errors, `/auth/*`, `builtin:echo`) are built
+/// with one; hyper's HTTP/1.1 server leaves it out for HEAD, its HTTP/2
+/// server sends it, and clients reset the stream (`PROTOCOL_ERROR`). The
+/// length stays in `Content-Length`, as a GET would have it. A proxied
+/// answer to HEAD has no body already.
+fn without_body(rsp: &mut http::Response<crate::body::Body>) {
+    use hyper::body::Body as _;
+    if rsp.body().is_end_stream() {
+        return;
+    }
+    if let Some(len) = rsp.body().size_hint().exact()
+        && !rsp.headers().contains_key(http::header::CONTENT_LENGTH)
+    {
+        rsp.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    }
+    *rsp.body_mut() = crate::body::empty();
+}
+
 /// Sweeps expired state from the store and from memory, forever.
 async fn housekeeping(shared: Shared) {
     let mut tick = tokio::time::interval(HOUSEKEEPING);
@@ -395,9 +415,13 @@ where
                 let stream = Arc::new(streams.open());
                 let hold = Arc::clone(&stream) as Arc<dyn std::any::Any + Send + Sync>;
                 req.extensions_mut().insert(Hold(hold));
+                let head = req.method() == http::Method::HEAD;
                 let rsp = svc.call(req);
                 async move {
-                    let Ok(rsp) = rsp.await;
+                    let Ok(mut rsp) = rsp.await;
+                    if head {
+                        without_body(&mut rsp);
+                    }
                     Ok::<_, Infallible>(rsp.map(|b| Tracked::body(b, stream)))
                 }
             })

@@ -552,6 +552,56 @@ async fn an_h2c_prior_knowledge_request_is_proxied() {
     assert_eq!(upload["bytes"], 1 << 20);
 }
 
+/// HEAD over HTTP/2: the gateway's own answers (a 401 here) and a proxied
+/// one come without a body, their length in `Content-Length`. hyper's
+/// HTTP/2 server sent the gateway's bodies, and the client reset the
+/// stream with PROTOCOL_ERROR.
+#[tokio::test]
+async fn head_over_h2_gets_headers_only() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(&config_with(up.addr, ROUTES)).await;
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let head = |path: &str, token: Option<&str>| {
+        let mut req = Request::head(gw.url(path));
+        if let Some(t) = token {
+            req = req.header("authorization", bearer(t));
+        }
+        client.request(req.body(Full::default()).unwrap())
+    };
+    let rsp = head("/x", None).await.expect("no stream reset");
+    assert_eq!(rsp.version(), Version::HTTP_2);
+    assert_eq!(rsp.status(), 401);
+    let len: usize = rsp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(len > 0, "the GET's length");
+    assert!(
+        rsp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+
+    let token = hs_token(&claims("alice"));
+    let rsp = head("/x", Some(&token)).await.expect("no stream reset");
+    assert_eq!(rsp.status(), 200);
+    assert!(
+        rsp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+    assert_eq!(up.hits(), 1);
+}
+
 /// An upstream that accepts any upgrade with `101 Switching Protocols` and
 /// then echoes bytes back; it records the request heads it received.
 struct UpgradeUpstream {
