@@ -52,6 +52,8 @@ pub struct Deadline<B> {
     /// Armed to fire when `left` runs out, while waiting.
     sleep: Option<Pin<Box<Sleep>>>,
     state: Arc<BodyState>,
+    /// Bytes the body may still carry (`max_body_bytes`).
+    bytes_left: u64,
     _hold: Option<Hold>,
 }
 
@@ -59,12 +61,14 @@ pub struct Deadline<B> {
 #[derive(Default)]
 pub struct BodyState {
     waiting_on_client: AtomicBool,
-    /// The body failed on the client's side: [`TIMED_OUT`] or [`BROKE`].
+    /// The body failed on the client's side: [`TIMED_OUT`], [`BROKE`] or
+    /// [`TOO_LARGE`].
     failed: AtomicU8,
 }
 
 const TIMED_OUT: u8 = 1;
 const BROKE: u8 = 2;
+const TOO_LARGE: u8 = 3;
 
 /// How a request body failed on the client's side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +77,8 @@ pub enum ClientFailure {
     TimedOut,
     /// Cut off or badly framed (400).
     Broke,
+    /// Larger than `max_body_bytes` (413).
+    TooLarge,
 }
 
 impl BodyState {
@@ -83,6 +89,7 @@ impl BodyState {
         match self.failed.load(Ordering::Relaxed) {
             TIMED_OUT => Some(ClientFailure::TimedOut),
             BROKE => Some(ClientFailure::Broke),
+            TOO_LARGE => Some(ClientFailure::TooLarge),
             _ => None,
         }
     }
@@ -103,13 +110,21 @@ impl BodyState {
 pub struct Hold(pub Arc<dyn Any + Send + Sync>);
 
 impl<B> Deadline<B> {
-    pub fn new(inner: B, timeout: Duration, state: Arc<BodyState>, hold: Option<Hold>) -> Self {
+    /// `max_bytes`: the body fails once it carries more (`u64::MAX`: no limit).
+    pub fn new(
+        inner: B,
+        timeout: Duration,
+        max_bytes: u64,
+        state: Arc<BodyState>,
+        hold: Option<Hold>,
+    ) -> Self {
         Deadline {
             inner,
             left: timeout,
             since: None,
             sleep: None,
             state,
+            bytes_left: max_bytes,
             _hold: hold,
         }
     }
@@ -118,6 +133,10 @@ impl<B> Deadline<B> {
 #[derive(Debug, thiserror::Error)]
 #[error("request body not received within request_timeout")]
 pub struct BodyTimeout;
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than max_body_bytes")]
+pub struct BodyTooLarge;
 
 impl<B> HttpBody for Deadline<B>
 where
@@ -137,8 +156,19 @@ where
                 this.left = this.left.saturating_sub(since.elapsed());
                 this.state.waiting_on_client.store(false, Ordering::Relaxed);
             }
-            if let Some(Err(_)) = &frame {
-                this.state.failed.store(BROKE, Ordering::Relaxed);
+            match &frame {
+                Some(Err(_)) => this.state.failed.store(BROKE, Ordering::Relaxed),
+                Some(Ok(f)) => {
+                    let len = f.data_ref().map_or(0, |d| d.len() as u64);
+                    if len > this.bytes_left {
+                        // A body without a Content-Length (chunked), or
+                        // longer than it said (HTTP/2): cut off here.
+                        this.state.failed.store(TOO_LARGE, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(BodyTooLarge.into())));
+                    }
+                    this.bytes_left -= len;
+                }
+                None => {}
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }

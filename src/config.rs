@@ -295,6 +295,8 @@ pub struct RouteSpec {
     pub strip_prefix: bool,
     /// `rate_limit`: requests over the rate, counted by address or subject, are 429.
     pub rate_limit: Option<(Rate, crate::ratelimit::LimitBy)>,
+    /// `max_body_bytes` (the route's, else `[server]`'s): a larger request body is 413.
+    pub max_body_bytes: Option<u64>,
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).

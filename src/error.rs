@@ -1,7 +1,7 @@
 //! Every way a request can fail, and the one place that turns it into a
 //! response: status, `WWW-Authenticate` (RFC 6750 §3), JSON body.
 
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{self, Body};
@@ -168,6 +168,13 @@ impl GatewayError {
             GatewayError::RateLimited(secs) | GatewayError::RouteRateLimited(secs) => {
                 rsp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            // The body was not read (or not to the end): the connection
+            // cannot carry another request, and the client should know
+            // before it tries (nginx does the same).
+            GatewayError::PayloadTooLarge => {
+                rsp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             GatewayError::MethodNotAllowed(allow) => {
                 rsp.headers_mut()

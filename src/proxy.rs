@@ -183,6 +183,15 @@ async fn handle_inner<'s>(
         .find(req.method(), host_str, req.uri().path())
         .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(route);
+    // A declared length over the limit is refused before anything else is
+    // done for it (nginx's `client_max_body_size`); a body without one is
+    // cut off as it streams (`body::Deadline`).
+    if route
+        .max_body
+        .is_some_and(|max| req.body().size_hint().lower() > max)
+    {
+        return Err(GatewayError::PayloadTooLarge);
+    }
     if let Some(limit) = &route.limit {
         // By address: before the token is checked, so a flood of bad
         // tokens from one client costs no signature checks.
@@ -243,7 +252,8 @@ async fn handle_inner<'s>(
         let hold = req.extensions_mut().remove::<Hold>();
         let state = Arc::new(BodyState::default());
         client_body = Some(Arc::clone(&state));
-        req.map(|b| body::stream(Deadline::new(b, timeout, state, hold)))
+        let max_bytes = route.max_body.unwrap_or(u64::MAX);
+        req.map(|b| body::stream(Deadline::new(b, timeout, max_bytes, state, hold)))
     };
     let started = ctx.timed.then(Instant::now);
     let timer = &peer.upstream_timer;

@@ -28,6 +28,8 @@ pub struct Route {
     pub requests: Arc<ClassCounters>,
     /// `rate_limit`, with its counts.
     pub limit: Option<RouteLimit>,
+    /// `max_body_bytes` (or `[server]`'s).
+    pub max_body: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +56,7 @@ impl RouteTable {
                 strip_prefix: s.strip_prefix,
                 requests: Arc::default(),
                 limit: None,
+                max_body: s.max_body_bytes,
             })
             .collect();
         for (route, spec) in routes.iter_mut().zip(specs) {
@@ -178,6 +181,7 @@ mod tests {
             claims: vec![],
             strip_prefix: false,
             rate_limit: None,
+            max_body_bytes: None,
         }
     }
 

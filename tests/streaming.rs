@@ -670,3 +670,78 @@ async fn an_h2c_upload_outlasting_its_response_keeps_the_connection() {
         .unwrap();
     assert_eq!(n, 7 * 1024, "the upload was cut off");
 }
+
+/// `max_body_bytes` (here `[server]`'s, 1 MiB, and a route's own, 4 MiB):
+/// a declared length over it is 413 before the token is looked at; a
+/// chunked body is cut off where it passes it (413, the upstream's request
+/// broken off); a body within it goes through whole. A 413 closes the
+/// connection (`Connection: close`): the rest of the body was not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_max_body_bytes_get_413() {
+    let up = TestUpstream::start().await;
+    let config = config_with(
+        up.addr,
+        "[[routes]]\npath_prefix = \"/big/\"\nupstream = \"up\"\nstrip_prefix = true\nmax_body_bytes = 4194304\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"up\"\n",
+    )
+    .replacen("[server]\n", "[server]\nmax_body_bytes = 1048576\n", 1);
+    let gw = TestGateway::start(&config).await;
+    let upload = |path: &str, chunks: usize, exact: bool| {
+        let req = Request::post(gw.url(path)).header("authorization", auth());
+        let body = Chunks {
+            chunk: Bytes::from(vec![b'u'; 64 * 1024]),
+            left: chunks,
+            exact,
+        };
+        let client = Client::builder(TokioExecutor::new()).build_http::<Chunks>();
+        async move { client.request(req.body(body).unwrap()).await.unwrap() }
+    };
+    // 16 chunks of 64 KiB: exactly 1 MiB is allowed, either way; the
+    // route's own limit is larger.
+    for (path, chunks) in [("/upload", 16), ("/big/upload", 64)] {
+        for exact in [true, false] {
+            let rsp = upload(path, chunks, exact).await;
+            assert_eq!(rsp.status(), 200, "{path} exact: {exact}");
+            let body = rsp.into_body().collect().await.unwrap().to_bytes();
+            let report: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(report["bytes"], chunks * 64 * 1024, "{report}");
+        }
+    }
+    let hits = up.hits();
+
+    // Declared over the limit: 413 at once, before the token (none here).
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 1048577\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_until_closed(&mut s).await.to_ascii_lowercase();
+    assert!(reply.starts_with("http/1.1 413 "), "{reply}");
+    assert!(reply.contains("connection: close"), "{reply}");
+    assert!(reply.contains("too large"), "{reply}");
+    assert_eq!(up.hits(), hits, "never sent upstream");
+
+    // Chunked, over the limit: cut off where it passes it.
+    for (path, limit) in [("/upload", MIB), ("/big/upload", 4 * MIB)] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+            auth()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let chunk = [
+            format!("{:x}\r\n", 64 * 1024).into_bytes(),
+            vec![b'u'; 64 * 1024],
+            b"\r\n".to_vec(),
+        ]
+        .concat();
+        // One chunk past the limit; the gateway may close before the rest.
+        for _ in 0..limit / (64 * 1024) + 1 {
+            if s.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let reply = read_until_closed(&mut s).await.to_ascii_lowercase();
+        assert!(reply.starts_with("http/1.1 413 "), "{path}: {reply}");
+    }
+}

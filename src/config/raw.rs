@@ -50,6 +50,8 @@ pub struct RawServer {
     pub shutdown_grace: Dur,
     pub log_format: LogFormat,
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Every route's `max_body_bytes` unless it sets its own.
+    pub max_body_bytes: Option<u64>,
 }
 
 /// `[server] tls = { cert = "cert.pem", key = "key.pem" }`, and an
@@ -94,6 +96,7 @@ impl Default for RawServer {
             shutdown_grace: Dur::secs(10),
             log_format: LogFormat::Pretty,
             trusted_proxies: Vec::new(),
+            max_body_bytes: None,
         }
     }
 }
@@ -349,6 +352,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub strip_prefix: bool,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub max_body_bytes: Option<u64>,
 }
 
 /// A route's `rate_limit = { rate = "100/s", per = "ip" }`.

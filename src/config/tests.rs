@@ -377,3 +377,26 @@ fn cors_stars_are_names_with_credentials() {
         assert!(check(&without).is_ok(), "{key}");
     }
 }
+
+#[test]
+fn max_body_bytes_is_the_routes_else_the_servers() {
+    let src = format!(
+        "[server]\nmax_body_bytes = 1024\n{UPSTREAM}\n[[routes]]\npath_prefix = \"/up/\"\nupstream = \"api\"\nauth = \"none\"\nmax_body_bytes = 0\n"
+    );
+    let c = check(&src).unwrap();
+    let by_prefix = |p: &str| {
+        c.routes
+            .iter()
+            .find(|r| r.path_prefix == p)
+            .unwrap()
+            .max_body_bytes
+    };
+    assert_eq!(by_prefix("/"), Some(1024));
+    assert_eq!(by_prefix("/up/"), Some(0));
+    assert_eq!(check(UPSTREAM).unwrap().routes[0].max_body_bytes, None);
+    let errs = check(&src.replace("max_body_bytes = 0", "max_body_bytes = -1")).unwrap_err();
+    assert!(
+        errs[0].starts_with("gw.toml:17:18: invalid value"),
+        "{errs:?}"
+    );
+}

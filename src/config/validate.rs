@@ -39,7 +39,12 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
     let keys = keys(&raw.keys, path, &mut d);
     let issuers = issuers(&raw, &keys, path, &mut d);
     let upstreams = upstreams(&raw.upstreams, path, &mut d);
-    let routes = routes(&raw.routes, &raw.upstreams, &mut d);
+    let routes = routes(
+        &raw.routes,
+        &raw.upstreams,
+        raw.server.max_body_bytes,
+        &mut d,
+    );
     let identity = identity(&raw.identity, &mut d);
     let cors = raw.cors.as_ref().and_then(|c| cors(c, &mut d));
     let login = raw.login.as_ref().and_then(|l| login(l, path, &mut d));
@@ -938,6 +943,7 @@ fn target(t: &Spanned<String>, d: &mut Diags<'_>) -> Option<Target> {
 fn routes(
     raw: &[Spanned<RawRoute>],
     ups: &[Spanned<RawUpstream>],
+    max_body_bytes: Option<u64>,
     d: &mut Diags<'_>,
 ) -> Vec<RouteSpec> {
     let index: HashMap<&str, usize> = ups
@@ -1041,6 +1047,7 @@ fn routes(
             claims,
             strip_prefix: r.strip_prefix,
             rate_limit,
+            max_body_bytes: r.max_body_bytes.or(max_body_bytes),
         });
     }
     for (u, used) in ups.iter().zip(used) {

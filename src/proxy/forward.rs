@@ -238,6 +238,7 @@ fn blame(failure: ClientFailure) -> GatewayError {
     match failure {
         ClientFailure::TimedOut => GatewayError::RequestTimeout,
         ClientFailure::Broke => GatewayError::BadRequest("the request body could not be read"),
+        ClientFailure::TooLarge => GatewayError::PayloadTooLarge,
     }
 }
 
@@ -254,6 +255,8 @@ fn client_body_failed(e: &hyper::Error) -> Option<GatewayError> {
     let cause = std::error::Error::source(e)?;
     if cause.is::<body::BodyTimeout>() {
         Some(GatewayError::RequestTimeout)
+    } else if cause.is::<body::BodyTooLarge>() {
+        Some(GatewayError::PayloadTooLarge)
     } else if cause.is::<hyper::Error>() {
         Some(GatewayError::BadRequest(
             "the request body could not be read",
