@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// TLS termination; `None` serves plain HTTP (and h2c).
     pub tls: Option<TlsFiles>,
+    /// `request_id`: the header each request's id goes in (`server::request_id`).
+    pub request_id: Option<HeaderName>,
 }
 
 impl ServerConfig {

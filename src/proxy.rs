@@ -108,6 +108,12 @@ struct Ctx<'s> {
     upstream_time: Option<Duration>,
 }
 
+/// The request's id (`[server] request_id`), for the access log.
+pub fn request_id_of<B>(req: &Request<B>, snap: &Snapshot) -> Option<HeaderValue> {
+    let name = snap.config.server.request_id.as_ref()?;
+    req.headers().get(name).cloned()
+}
+
 /// Serves one request on the proxy path.
 pub async fn handle(
     req: Request<Incoming>,
@@ -116,8 +122,10 @@ pub async fn handle(
     peer: &Peer,
 ) -> Response<Body> {
     // Copying the method and URI costs a little; only pay it when the access log is on.
-    let log = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
-        .then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
+    let log = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO).then(|| {
+        let id = request_id_of(&req, snap);
+        (req.method().clone(), req.uri().clone(), Instant::now(), id)
+    });
     let mut ctx = Ctx {
         timed: log.is_some(),
         ..Ctx::default()
@@ -127,7 +135,7 @@ pub async fn handle(
         .unwrap_or_else(GatewayError::into_response);
     let requests = ctx.route.map_or(&snap.metrics.unrouted, |r| &r.requests);
     requests.add(rsp.status());
-    if let Some((method, uri, started)) = log {
+    if let Some((method, uri, started, id)) = log {
         tracing::info!(
             target: "gatehouse::access",
             method = %method,
@@ -137,6 +145,7 @@ pub async fn handle(
             upstream_us = ctx.upstream_time.map(|d| d.as_micros() as u64),
             subject = ctx.caller.as_ref().and_then(|c| c.subject()),
             total_us = started.elapsed().as_micros() as u64,
+            request_id = id.as_ref().and_then(|v| v.to_str().ok()),
         );
     }
     rsp

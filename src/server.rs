@@ -6,6 +6,7 @@ mod dispatch;
 mod drain;
 mod framing;
 mod idle;
+pub mod request_id;
 pub mod signals;
 pub mod tls;
 

@@ -52,6 +52,8 @@ pub struct RawServer {
     pub trusted_proxies: Vec<Spanned<String>>,
     /// Every route's `max_body_bytes` unless it sets its own.
     pub max_body_bytes: Option<u64>,
+    /// The request-id header; "" for none.
+    pub request_id: Spanned<String>,
 }
 
 /// `[server] tls = { cert = "cert.pem", key = "key.pem" }`, and an
@@ -97,6 +99,7 @@ impl Default for RawServer {
             log_format: LogFormat::Pretty,
             trusted_proxies: Vec::new(),
             max_body_bytes: None,
+            request_id: Spanned::new(0..0, String::new()),
         }
     }
 }

@@ -22,6 +22,19 @@ use crate::ratelimit::LimitBy;
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
 const MIN_SECRET_BYTES: usize = 32;
 
+/// Headers `request_id` may not name: their values mean something else.
+const RESERVED: [&str; 9] = [
+    "host",
+    "authorization",
+    "cookie",
+    "connection",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+];
+
 /// hyper cannot read a request head with a smaller buffer than this.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -319,6 +332,26 @@ fn server(s: &RawServer, path: &Path, d: &mut Diags<'_>) -> Option<ServerConfig>
             Err(e) => d.at(Some(&p.span()), e),
         }
     }
+    let request_id = match s.request_id.get_ref().as_str() {
+        "" => None,
+        name => match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) if RESERVED.contains(&h.as_str()) => {
+                d.at(
+                    Some(&s.request_id.span()),
+                    format!("request_id `{name}`: that header has a meaning of its own; use `X-Request-Id`"),
+                );
+                None
+            }
+            Ok(h) => Some(h),
+            Err(_) => {
+                d.at(
+                    Some(&s.request_id.span()),
+                    format!("request_id `{name}` is not a valid header name"),
+                );
+                None
+            }
+        },
+    };
     Some(ServerConfig {
         listen: listen?,
         admin_listen: admin_listen?,
@@ -329,6 +362,7 @@ fn server(s: &RawServer, path: &Path, d: &mut Diags<'_>) -> Option<ServerConfig>
         shutdown_grace: s.shutdown_grace.0,
         log_format: s.log_format,
         trusted_proxies: trusted,
+        request_id,
         tls: match tls {
             None => None,
             Some(files) => Some(files?),

@@ -11,19 +11,29 @@ use crate::body::Body;
 use crate::cors::Class;
 use crate::endpoints::{self, Endpoint};
 use crate::proxy::{self, Peer};
+use crate::server::request_id;
 use crate::state::{Gateway, Snapshot};
 
 pub async fn dispatch(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     gw: &Gateway,
     snap: &Snapshot,
     peer: &Peer,
 ) -> Response<Body> {
+    let request_id = snap.config.server.request_id.as_ref().map(|name| {
+        let trusted = snap.config.server.trusts(peer.addr.ip());
+        (name, request_id::assign(req.headers_mut(), name, trusted))
+    });
     let cors = snap.config.cors.as_ref();
     let mut allowed = None;
     if let Some(cors) = cors {
         match cors.classify(req.method(), req.headers()) {
             Class::Preflight(rsp) => {
+                let mut rsp = rsp;
+                let id = request_id.map(|(name, id)| {
+                    rsp.headers_mut().insert(name.clone(), id.clone());
+                    id
+                });
                 tracing::info!(
                     target: "gatehouse::access",
                     method = "OPTIONS",
@@ -31,6 +41,7 @@ pub async fn dispatch(
                     route = "-",
                     preflight = true,
                     status = rsp.status().as_u16(),
+                    request_id = id.as_ref().and_then(|v| v.to_str().ok()),
                 );
                 return rsp;
             }
@@ -51,6 +62,9 @@ pub async fn dispatch(
     if let Some(cors) = cors {
         cors.mark(&mut rsp, allowed);
     }
+    if let Some((name, id)) = request_id {
+        rsp.headers_mut().insert(name.clone(), id);
+    }
     rsp
 }
 
@@ -63,6 +77,7 @@ async fn endpoint_logged(
     peer: &Peer,
 ) -> Response<Body> {
     let method = req.method().clone();
+    let id = proxy::request_id_of(&req, snap);
     let started = Instant::now();
     let rsp = endpoints::serve(endpoint, req, gw, snap, peer).await;
     tracing::info!(
@@ -71,6 +86,7 @@ async fn endpoint_logged(
         endpoint = ?endpoint,
         status = rsp.status().as_u16(),
         total_us = started.elapsed().as_micros() as u64,
+        request_id = id.as_ref().and_then(|v| v.to_str().ok()),
     );
     rsp
 }
