@@ -12,10 +12,12 @@
 //! [`Keyed`] holds at most `max_keys` keys ([`MAX_KEYS`] = 100,000 by
 //! default, plus at most one per request racing at the cap). At the cap,
 //! keys idle long enough to be indistinguishable from fresh ones are swept
-//! (at most once a second); if the limiter is still full, a new key is
-//! refused with `Retry-After` = the rate's period (logins: fail closed) or
-//! served uncounted (routes: the limit is per key, and an attacker with that
-//! many addresses is not slowed by it anyway), and a warning is logged.
+//! (at most once a second). If the limiter is still full, a warning is
+//! logged and either every request is refused with `Retry-After` = the
+//! rate's period (logins: fail closed), or a key it does not hold is served
+//! uncounted while the keys it holds stay limited (routes: the limit is per
+//! key, and an attacker with that many addresses is not slowed by it
+//! anyway; see [`CappedStore`]).
 //! About 30-55 bytes per key (a 16-byte key, an 8-byte state and hash-table
 //! slack, measured with a counting allocator): at most about 5 MB a limiter.
 //! [`Keyed::sweep`] (every minute, from the server's housekeeping) gives the
@@ -26,10 +28,11 @@ use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::nanos::Nanos;
@@ -113,6 +116,9 @@ pub(crate) struct CappedStore<K> {
     /// limiter's start; 0 for none.
     map: DashMap<K, AtomicU64>,
     max: usize,
+    /// The keys in `map`, kept here: `DashMap::len` locks every shard, and
+    /// every check asks.
+    len: AtomicUsize,
 }
 
 impl<K: Hash + Eq + Clone> StateStore for CappedStore<K> {
@@ -125,11 +131,16 @@ impl<K: Hash + Eq + Clone> StateStore for CappedStore<K> {
         if let Some(state) = self.map.get(key) {
             return measure(&state, f);
         }
-        if self.map.len() >= self.max {
+        if self.len.load(Ordering::Relaxed) >= self.max {
             return f(None).map(|(outcome, _)| outcome);
         }
-        let state = self.map.entry(key.clone()).or_default();
-        measure(&state, f)
+        match self.map.entry(key.clone()) {
+            Entry::Occupied(held) => measure(held.get(), f),
+            Entry::Vacant(new) => {
+                self.len.fetch_add(1, Ordering::Relaxed);
+                measure(&new.insert(AtomicU64::new(0)), f)
+            }
+        }
     }
 }
 
@@ -153,8 +164,13 @@ fn measure<T, E>(
 impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for CappedStore<K> {
     fn retain_recent(&self, drop_below: Nanos) {
         let drop_below = drop_below.as_u64();
-        self.map
-            .retain(|_, t| t.load(Ordering::Relaxed) > drop_below);
+        let mut dropped = 0;
+        self.map.retain(|_, t| {
+            let keep = t.load(Ordering::Relaxed) > drop_below;
+            dropped += usize::from(!keep);
+            keep
+        });
+        self.len.fetch_sub(dropped, Ordering::Relaxed);
     }
 
     fn shrink_to_fit(&self) {
@@ -162,7 +178,7 @@ impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for CappedStore<K> {
     }
 
     fn len(&self) -> usize {
-        self.map.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     fn is_empty(&self) -> bool {
@@ -275,6 +291,7 @@ impl<K: Hash + Eq + Clone, C: Clock> Keyed<K, C> {
         let store = CappedStore {
             map: DashMap::new(),
             max: max_keys,
+            len: AtomicUsize::new(0),
         };
         Keyed {
             limiter: RateLimiter::new(quota, store, clock),
@@ -323,7 +340,7 @@ impl<K: Hash + Eq + Clone, C: Clock> Keyed<K, C> {
             let keys = self.limiter.len();
             if keys >= self.max_keys {
                 let what = match self.refuse_when_full {
-                    true => "refusing new keys until they age out",
+                    true => "refusing every request until keys age out",
                     false => "not counting new keys until they age out",
                 };
                 tracing::warn!(limiter = %self.name, keys, "rate limiter full of recent keys: {what}");
