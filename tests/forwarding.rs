@@ -497,13 +497,18 @@ upstream = "echo"
 
 // === protocols ===
 
+/// A client that speaks HTTP/2 without TLS from the first byte (h2c prior knowledge).
+fn h2c_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
 #[tokio::test]
 async fn an_h2c_prior_knowledge_request_is_proxied() {
     let up = TestUpstream::start().await;
     let gw = TestGateway::start(&config_with(up.addr, ROUTES)).await;
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let client = h2c_client();
     let token = hs_token(&claims("alice"));
 
     let req = Request::get(gw.url("/h2/x?q=1"))
@@ -560,9 +565,7 @@ async fn an_h2c_prior_knowledge_request_is_proxied() {
 async fn head_over_h2_gets_headers_only() {
     let up = TestUpstream::start().await;
     let gw = TestGateway::start(&config_with(up.addr, ROUTES)).await;
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let client = h2c_client();
     let head = |path: &str, token: Option<&str>| {
         let mut req = Request::head(gw.url(path));
         if let Some(t) = token {

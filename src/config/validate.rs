@@ -1130,22 +1130,32 @@ fn identity(raw: &RawIdentity, d: &mut Diags<'_>) -> IdentityConfig {
     }
 }
 
-/// HTTP methods, upper-cased; each one that is not a method reported.
-fn methods(ms: &[Spanned<String>], d: &mut Diags<'_>) -> Vec<Method> {
-    ms.iter()
-        .filter_map(
-            |m| match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
-                Ok(m) => Some(m),
-                Err(_) => {
-                    d.at(
-                        Some(&m.span()),
-                        format!("`{}` is not an HTTP method", m.get_ref()),
-                    );
-                    None
-                }
-            },
-        )
+/// Each entry of `list` read by `parse`; each one it refuses reported as
+/// "`entry` is not `what`".
+fn each<T>(
+    list: &[Spanned<String>],
+    what: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    d: &mut Diags<'_>,
+) -> Vec<T> {
+    list.iter()
+        .filter_map(|entry| {
+            let parsed = parse(entry.get_ref());
+            if parsed.is_none() {
+                d.at(
+                    Some(&entry.span()),
+                    format!("`{}` is not {what}", entry.get_ref()),
+                );
+            }
+            parsed
+        })
         .collect()
+}
+
+/// HTTP methods, upper-cased.
+fn methods(ms: &[Spanned<String>], d: &mut Diags<'_>) -> Vec<Method> {
+    let method = |m: &str| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok();
+    each(ms, "an HTTP method", method, d)
 }
 
 /// `[cors]`.
@@ -1188,22 +1198,12 @@ fn cors(raw: &Spanned<RawCors>, d: &mut Diags<'_>) -> Option<crate::cors::Cors> 
         Some(ms) => methods(ms, d),
         None => DEFAULT_METHODS.to_vec(),
     };
-    let mut names = |list: &[Spanned<String>]| -> Vec<HeaderName> {
-        list.iter()
-            .filter_map(|h| match HeaderName::from_bytes(h.get_ref().as_bytes()) {
-                Ok(name) => Some(name),
-                Err(_) => {
-                    d.at(
-                        Some(&h.span()),
-                        format!("`{}` is not a valid header name", h.get_ref()),
-                    );
-                    None
-                }
-            })
-            .collect()
-    };
-    let headers = c.allow_headers.as_ref().map(|h| names(h));
-    let expose = names(&c.expose_headers);
+    let name = |h: &str| HeaderName::from_bytes(h.as_bytes()).ok();
+    let headers = c
+        .allow_headers
+        .as_ref()
+        .map(|h| each(h, "a valid header name", name, d));
+    let expose = each(&c.expose_headers, "a valid header name", name, d);
     // With credentials, browsers read a `*` as a method or header named `*`.
     let literal_star = c
         .allow_methods
