@@ -177,6 +177,33 @@ fn reason(r: &Reply) -> String {
     r.www_authenticate().unwrap_or_default().to_string()
 }
 
+/// A provider that moved its keys (a 301, as a CDN or a renamed realm
+/// answers): the gateway follows the redirect to them.
+#[tokio::test]
+async fn a_jwks_url_that_redirects_is_followed() {
+    let up = TestUpstream::start().await;
+    let k1 = IdpKey::new("k1");
+    let idp = Idp::start(&[&k1]).await;
+    let to = idp.url.clone();
+    let moved = serve_upstream(move |_req: Request<Incoming>| {
+        let to = to.clone();
+        async move {
+            let mut rsp = Response::new(Full::new(Bytes::new()));
+            *rsp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            rsp.headers_mut().insert("location", to.parse().unwrap());
+            Ok::<_, Infallible>(rsp)
+        }
+    })
+    .await;
+    let url = format!("http://{moved}/old/jwks.json");
+    let gw = TestGateway::start(&config(up.addr, &url, "10m")).await;
+    let fetched = eventually(Duration::from_secs(10), || async { gw.shared.keys_ready() });
+    assert!(fetched.await, "the redirected fetch did not happen");
+    let r = get_with_token(&gw.url("/api"), &k1.token("alice")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(idp.fetches(), 1);
+}
+
 #[tokio::test]
 async fn tokens_signed_with_a_published_key_pass_and_others_do_not() {
     let up = TestUpstream::start().await;

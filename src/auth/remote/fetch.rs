@@ -4,7 +4,10 @@
 //! every `jwks_refresh` or on an unknown `kid`, so pooling would buy
 //! nothing. HTTPS as `client_tls` says, with the issuer's `ca_file` or
 //! the system's trusted roots, read at each fetch, so that a CA bundle
-//! installed later is used without a restart. Redirects are not followed.
+//! installed later is used without a restart. Redirects (301, 302, 303,
+//! 307, 308) are followed, at most [`MAX_REDIRECTS`], as Go's client and
+//! curl `-L` follow them, but never from `https://` to `http://` and never
+//! to a URL with credentials.
 //! An HTTP proxy from the environment (`https_proxy`...) is used as
 //! [`proxy`] says: a tunnel for `https://`, a request in absolute form for
 //! `http://`.
@@ -12,7 +15,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
+use http::header::{ACCEPT, CONNECTION, HOST, LOCATION, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 
@@ -28,6 +31,16 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest JWK Set read (a set of a few RSA keys is a few kilobytes).
 const MAX_BODY: usize = 1 << 20;
 
+/// Redirects followed in one fetch.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// What one request got.
+enum Answer {
+    Body(Bytes),
+    /// A redirect to this URL (already resolved against the request's).
+    Redirect(Uri),
+}
+
 /// The body of a 200 answer to `GET url`; an `https://` server is checked
 /// against `ca_pem`'s certificates, or without it the system's roots.
 ///
@@ -35,13 +48,66 @@ const MAX_BODY: usize = 1 << 20;
 /// A description for the log: no connection, a TLS failure, another
 /// status, a body over 1 MiB, or no whole answer within `limit`.
 pub async fn get(url: &Uri, ca_pem: Option<&[u8]>, limit: Duration) -> Result<Bytes, String> {
-    match tokio::time::timeout(limit, fetch(url, ca_pem, limit)).await {
+    match tokio::time::timeout(limit, follow(url, ca_pem, limit)).await {
         Ok(answer) => answer,
         Err(_) => Err(format!("no answer within {limit:?}")),
     }
 }
 
-async fn fetch(url: &Uri, ca_pem: Option<&[u8]>, limit: Duration) -> Result<Bytes, String> {
+/// [`fetch`], and again where each redirect points.
+async fn follow(url: &Uri, ca_pem: Option<&[u8]>, limit: Duration) -> Result<Bytes, String> {
+    let mut url = url.clone();
+    for _ in 0..=MAX_REDIRECTS {
+        match fetch(&url, ca_pem, limit).await? {
+            Answer::Body(body) => return Ok(body),
+            Answer::Redirect(next) => url = next,
+        }
+    }
+    Err(format!(
+        "more than {MAX_REDIRECTS} redirects (the last to {url})"
+    ))
+}
+
+/// Where a redirect from `from` with `Location: location` points.
+///
+/// # Errors
+/// The location is not a URL, leaves `https://` for anything else, or
+/// carries credentials.
+fn redirect(from: &Uri, location: &str) -> Result<Uri, String> {
+    let scheme = from.scheme_str().unwrap_or("http");
+    let authority = from.authority().map_or("", |a| a.as_str());
+    let absolute = if location.contains("://") {
+        location.to_string()
+    } else if let Some(rest) = location.strip_prefix("//") {
+        format!("{scheme}://{rest}")
+    } else if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
+    } else {
+        // Relative to the request's path, as a browser resolves it.
+        let path = from.path();
+        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+        let dir = if dir.is_empty() { "/" } else { dir };
+        format!("{scheme}://{authority}{dir}{location}")
+    };
+    let to: Uri = absolute
+        .parse()
+        .map_err(|_| format!("redirected to `{location}`, which is not a URL"))?;
+    match (scheme, to.scheme_str()) {
+        (_, Some("https")) | ("http", Some("http")) => {}
+        ("https", Some("http")) => {
+            return Err(format!("redirected from https:// to {to}: refused"));
+        }
+        _ => return Err(format!("redirected to `{location}`, which is not http(s)")),
+    }
+    if to.authority().is_none_or(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "redirected to `{location}`, which has no host or carries credentials"
+        ));
+    }
+    Ok(to)
+}
+
+async fn fetch(url: &Uri, ca_pem: Option<&[u8]>, limit: Duration) -> Result<Answer, String> {
     let authority = url.authority().ok_or("the URL has no host")?;
     // Read at each fetch: a CA bundle installed later is used.
     let roots = ca_pem.map(client_tls::roots_from_pem).transpose()?;
@@ -92,16 +158,20 @@ async fn fetch(url: &Uri, ca_pem: Option<&[u8]>, limit: Duration) -> Result<Byte
         .send_request(req)
         .await
         .map_err(|e| format!("HTTP: {e}"))?;
-    if rsp.status() != StatusCode::OK {
-        let redirect = if rsp.status().is_redirection() {
-            " (redirects are not followed: give the final URL)"
-        } else {
-            ""
-        };
-        return Err(format!("answered {}{redirect}", rsp.status()));
+    let status = rsp.status();
+    if matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
+        let location = rsp
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .ok_or_else(|| format!("answered {status} without a Location"))?;
+        return redirect(url, location).map(Answer::Redirect);
+    }
+    if status != StatusCode::OK {
+        return Err(format!("answered {status}"));
     }
     match Limited::new(rsp.into_body(), MAX_BODY).collect().await {
-        Ok(body) => Ok(body.to_bytes()),
+        Ok(body) => Ok(Answer::Body(body.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(format!("the answer is over {MAX_BODY} bytes"))
         }
@@ -122,7 +192,8 @@ mod tests {
 
     use super::*;
 
-    /// Serves `status` and `body` to every request on a new port.
+    /// Serves `status` and `body` to every request on a new port; a 3xx
+    /// names `body` as its `Location`.
     async fn serve(status: u16, body: Vec<u8>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -133,6 +204,10 @@ mod tests {
                     assert_eq!(req.uri().path(), "/jwks");
                     let mut rsp = Response::new(Full::new(Bytes::from(body.clone())));
                     *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
+                    if rsp.status().is_redirection() {
+                        let to = http::HeaderValue::from_bytes(&body).unwrap();
+                        rsp.headers_mut().insert(LOCATION, to);
+                    }
                     async move { Ok::<_, Infallible>(rsp) }
                 });
                 tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
@@ -151,12 +226,68 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn other_statuses_big_bodies_and_no_server_are_errors() {
-        let url = serve(302, Vec::new()).await;
+    async fn redirects_are_followed_a_few_times() {
+        let target = serve(200, b"{\"keys\":[]}".to_vec()).await;
+        let mut url = target.clone();
+        for status in [301, 302, 303, 307, 308] {
+            url = serve(status, url.into_bytes()).await;
+        }
+        let body = get(&url.parse().unwrap(), None, FETCH_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"{\"keys\":[]}");
+        // One more is too many.
+        let url = serve(302, url.into_bytes()).await;
         let err = get(&url.parse().unwrap(), None, FETCH_TIMEOUT)
             .await
             .unwrap_err();
-        assert!(err.contains("302") && err.contains("redirects"), "{err}");
+        assert!(err.contains("more than 5 redirects"), "{err}");
+        let url = serve(302, b"ftp://example.com/jwks".to_vec()).await;
+        let err = get(&url.parse().unwrap(), None, FETCH_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(err.contains("not http(s)"), "{err}");
+    }
+
+    #[test]
+    fn redirects_resolve_as_browsers_do_and_never_downgrade() {
+        let from: Uri = "https://idp.test/realms/a/keys".parse().unwrap();
+        for (location, to) in [
+            ("https://other.test/jwks", "https://other.test/jwks"),
+            ("//cdn.test/k", "https://cdn.test/k"),
+            ("/certs", "https://idp.test/certs"),
+            ("certs?v=2", "https://idp.test/realms/a/certs?v=2"),
+        ] {
+            assert_eq!(
+                redirect(&from, location).unwrap().to_string(),
+                to,
+                "{location}"
+            );
+        }
+        for bad in [
+            "http://idp.test/keys",
+            "https://user:pw@idp.test/keys",
+            "file:///etc/passwd",
+            "https:///nohost",
+        ] {
+            assert!(redirect(&from, bad).is_err(), "{bad}");
+        }
+        let plain: Uri = "http://idp.test/keys".parse().unwrap();
+        assert_eq!(
+            redirect(&plain, "https://idp.test/keys")
+                .unwrap()
+                .to_string(),
+            "https://idp.test/keys"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_statuses_big_bodies_and_no_server_are_errors() {
+        let url = serve(404, Vec::new()).await;
+        let err = get(&url.parse().unwrap(), None, FETCH_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(err.contains("404"), "{err}");
         let url = serve(200, vec![b' '; MAX_BODY + 1]).await;
         let err = get(&url.parse().unwrap(), None, FETCH_TIMEOUT)
             .await
