@@ -120,13 +120,10 @@ pub async fn run(
         };
         (Arc::new(settings), s.max_connections, s.shutdown_grace)
     };
-    let tls = shared
-        .load()
-        .config
-        .server
-        .tls
-        .is_some()
-        .then(|| tls::acceptor(&shared));
+    // Built once: each handshake reads the certificate (and the client
+    // CAs) from the snapshot of the moment, so a reload may also turn TLS
+    // on or off for the connections that follow.
+    let acceptor = tls::acceptor(&shared);
     // One permit per open connection: beyond the limit, connections wait in the backlog.
     let permits = Arc::new(Semaphore::new(limit));
     let drain = Arc::new(Drain::default());
@@ -151,15 +148,8 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        spawn_connection(
-            stream,
-            peer,
-            &shared,
-            &settings,
-            &drain,
-            permit,
-            tls.as_ref(),
-        );
+        let tls = shared.load().tls.is_some().then_some(&acceptor);
+        spawn_connection(stream, peer, &shared, &settings, &drain, permit, tls);
     }
     health.set_ready(false);
     housekeeping.abort();

@@ -197,6 +197,39 @@ async fn a_reload_replaces_the_certificate() {
     );
 }
 
+/// A reload that adds or removes `tls` applies to the connections that
+/// follow (nginx and Envoy rebuild their listeners likewise); one already
+/// open carries on as it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_tls_on_and_off() {
+    let up = TestUpstream::start().await;
+    let gw = tls_gateway(up.addr).await;
+    let open = http1_over(handshake(&gw, A_CERT, b"http/1.1").await.unwrap()).await;
+
+    let plain = tls_config(up.addr).replace(TLS, "");
+    let path = write_config(gw.dir.path(), &plain);
+    gw.shared.store_snapshot(Snapshot::load(&path).unwrap());
+    // The TLS connection opened before the reload still serves (asked
+    // before `header_read_timeout`, 1 s here, closes it as idle).
+    let mut open = open;
+    assert_eq!(
+        open.send_request(get_x()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert!(handshake(&gw, A_CERT, b"http/1.1").await.is_err());
+    let reply = raw(gw.addr, b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 401 "), "{reply:?}");
+
+    let path = write_config(gw.dir.path(), &tls_config(up.addr));
+    gw.shared.store_snapshot(Snapshot::load(&path).unwrap());
+    let mut sender = http1_over(handshake(&gw, A_CERT, b"http/1.1").await.unwrap()).await;
+    let rsp = sender.send_request(get_x()).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(echo(rsp).await["headers"]["x-forwarded-proto"][0], "https");
+    let reply = raw(gw.addr, b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(!reply.contains("HTTP/1.1"), "{reply:?}");
+}
+
 #[tokio::test]
 async fn bad_certificate_files_are_refused_at_load_with_their_line() {
     let up = TestUpstream::start().await;

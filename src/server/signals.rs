@@ -60,11 +60,14 @@ async fn reload(shared: &Shared, path: &std::path::Path) {
                 tracing::warn!("SIGHUP: [state] changed; it takes effect on restart");
             }
             if snap.tls.is_some() != old.tls.is_some() {
-                tracing::warn!("SIGHUP: [server] tls turned on or off; it takes effect on restart");
-                // A TLS listener keeps answering with the certificate it has.
-                if snap.tls.is_none() {
-                    snap.tls = old.tls.clone();
-                }
+                let now = if snap.tls.is_some() {
+                    "HTTPS"
+                } else {
+                    "plain HTTP"
+                };
+                tracing::warn!(
+                    "SIGHUP: [server] tls turned on or off: new connections are {now}; open ones carry on as they were"
+                );
             }
             shared.store_snapshot(snap);
             shared.metrics.reload(true);
