@@ -24,6 +24,25 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// How long a refused request's body is still read (and thrown away) so
+/// that the client, still sending it, reads its 413 rather than a reset
+/// connection (nginx's lingering close).
+pub const LINGER: Duration = Duration::from_secs(5);
+
+/// Reads `body` to its end, or for [`LINGER`], throwing it away.
+pub fn linger<B>(mut body: B)
+where
+    B: HttpBody + Send + Unpin + 'static,
+    B::Data: Send,
+{
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+    });
+}
+
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
@@ -44,7 +63,8 @@ where
 /// connected to, or reads slowly (hyper then does not ask), the budget
 /// stands still, so a slow upstream never makes a fast client look slow.
 pub struct Deadline<B> {
-    inner: B,
+    /// `None` once the body passed `max_bytes`: handed to [`linger`].
+    inner: Option<B>,
     /// Waiting time left.
     left: Duration,
     /// Since when the client has been waited on, if it is now.
@@ -119,7 +139,7 @@ impl<B> Deadline<B> {
         hold: Option<Hold>,
     ) -> Self {
         Deadline {
-            inner,
+            inner: Some(inner),
             left: timeout,
             since: None,
             sleep: None,
@@ -140,7 +160,7 @@ pub struct BodyTooLarge;
 
 impl<B> HttpBody for Deadline<B>
 where
-    B: HttpBody<Data = Bytes> + Unpin,
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;
@@ -151,7 +171,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Some(Err(BodyTooLarge.into())));
+        };
+        if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
             if let Some(since) = this.since.take() {
                 this.left = this.left.saturating_sub(since.elapsed());
                 this.state.waiting_on_client.store(false, Ordering::Relaxed);
@@ -162,8 +185,12 @@ where
                     let len = f.data_ref().map_or(0, |d| d.len() as u64);
                     if len > this.bytes_left {
                         // A body without a Content-Length (chunked), or
-                        // longer than it said (HTTP/2): cut off here.
+                        // longer than it said (HTTP/2): cut off here, the
+                        // rest read and thrown away while the 413 goes out.
                         this.state.failed.store(TOO_LARGE, Ordering::Relaxed);
+                        if let Some(rest) = this.inner.take() {
+                            linger(rest);
+                        }
                         return Poll::Ready(Some(Err(BodyTooLarge.into())));
                     }
                     this.bytes_left -= len;
@@ -193,10 +220,12 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(SizeHint::default, HttpBody::size_hint)
     }
 }

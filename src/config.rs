@@ -243,6 +243,21 @@ pub struct IdentityConfig {
     pub forward_authorization: bool,
 }
 
+impl IdentityConfig {
+    /// Every header the identity is forwarded in.
+    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        let fixed = [
+            &self.subject_header,
+            &self.roles_header,
+            &self.claims_header,
+        ];
+        fixed
+            .into_iter()
+            .flatten()
+            .chain(self.claim_headers.iter().map(|(_, h)| h))
+    }
+}
+
 #[derive(Debug)]
 pub struct UpstreamSpec {
     pub name: String,

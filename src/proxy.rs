@@ -108,6 +108,11 @@ struct Ctx<'s> {
     upstream_time: Option<Duration>,
 }
 
+/// The request's id (`[server] request_id`), kept in the request's
+/// extensions for the upstream's copy.
+#[derive(Clone)]
+pub struct RequestId(pub HeaderValue);
+
 /// The request's id (`[server] request_id`), for the access log.
 pub fn request_id_of<B>(req: &Request<B>, snap: &Snapshot) -> Option<HeaderValue> {
     let name = snap.config.server.request_id.as_ref()?;
@@ -199,6 +204,7 @@ async fn handle_inner<'s>(
         .max_body
         .is_some_and(|max| req.body().size_hint().lower() > max)
     {
+        body::linger(req.into_body());
         return Err(GatewayError::PayloadTooLarge);
     }
     if let Some(limit) = &route.limit {
@@ -238,6 +244,13 @@ async fn handle_inner<'s>(
             .get(header::TE)
             .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     rewrite_headers(&mut req, host, seen, snap, peer, caller, upgrade);
+    if let Some(name) = &snap.config.server.request_id
+        && let Some(RequestId(id)) = req.extensions_mut().remove::<RequestId>()
+    {
+        // Again: a client can name any header in `Connection`, and the
+        // rewrite drops what it names.
+        req.headers_mut().insert(name.clone(), id);
+    }
     if te_trailers {
         req.headers_mut()
             .insert(header::TE, HeaderValue::from_static("trailers"));

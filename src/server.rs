@@ -384,7 +384,11 @@ where
             let rsp = if smuggled {
                 tracing::debug!(%peer, "Content-Length with Transfer-Encoding refused");
                 let why = "Content-Length and Transfer-Encoding together";
-                GatewayError::BadRequest(why).into_response()
+                let mut rsp = GatewayError::BadRequest(why).into_response();
+                if let Some(name) = &snap.config.server.request_id {
+                    rsp.headers_mut().insert(name.clone(), request_id::new_id());
+                }
+                rsp
             } else {
                 dispatch::dispatch(req, &shared, &snap, &client).await
             };

@@ -99,6 +99,13 @@ async fn off_by_default_and_checked() {
     for (value, why) in [
         ("Authorization", "has a meaning of its own"),
         ("bad name", "not a valid header name"),
+        // Dropped (hop-by-hop) or set by the gateway on the way up.
+        ("Keep-Alive", "has a meaning of its own"),
+        ("Proxy-Connection", "has a meaning of its own"),
+        ("Trailer", "has a meaning of its own"),
+        ("Proxy-Authorization", "has a meaning of its own"),
+        ("X-Forwarded-Proto", "has a meaning of its own"),
+        ("X-Auth-Subject", "is an [identity] header"),
     ] {
         let config = config_with(up.addr, ROUTES).replacen(
             "[server]\n",
@@ -111,4 +118,36 @@ async fn off_by_default_and_checked() {
             .expect("refused");
         assert!(err.contains(why), "{value}: {err}");
     }
+}
+
+/// A client can name any header in `Connection`, and the gateway drops
+/// what it names: not the id, which the upstream must get all the same.
+#[tokio::test]
+async fn the_id_reaches_the_upstream_even_if_connection_names_it() {
+    let up = TestUpstream::start().await;
+    let gw = gateway(&up, "request_id = \"X-Request-Id\"").await;
+    let r = get(
+        &gw.url("/a"),
+        &[("authorization", &bearer()), ("connection", "x-request-id")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let id = r.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(r.upstream_header("x-request-id").as_deref(), Some(id));
+}
+
+/// The 400 for `Content-Length` with `Transfer-Encoding` is made before
+/// the request is dispatched; it carries an id too.
+#[tokio::test]
+async fn the_framing_400_carries_an_id() {
+    let up = TestUpstream::start().await;
+    let gw = gateway(&up, "request_id = \"X-Request-Id\"").await;
+    let reply = raw(
+        gw.addr,
+        b"POST /a HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
+    assert!(reply.starts_with("http/1.1 400"), "{reply}");
+    assert!(reply.contains("x-request-id: "), "{reply}");
 }

@@ -745,3 +745,38 @@ async fn bodies_over_max_body_bytes_get_413() {
         assert!(reply.starts_with("http/1.1 413 "), "{path}: {reply}");
     }
 }
+
+/// An ordinary client uploading more than `max_body_bytes` reads its 413:
+/// the gateway reads and throws away the rest of the body for a while
+/// (nginx's lingering close) instead of closing on a client still sending,
+/// whose next write would meet a reset connection and no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_client_over_the_body_limit_reads_its_413() {
+    let up = TestUpstream::start().await;
+    let config = config_with(
+        up.addr,
+        "[[routes]]\npath_prefix = \"/\"\nupstream = \"up\"\n",
+    )
+    .replacen("[server]\n", "[server]\nmax_body_bytes = 1048576\n", 1);
+    let gw = TestGateway::start(&config).await;
+    for exact in [true, false] {
+        for round in 0..8 {
+            let body = Chunks {
+                chunk: Bytes::from(vec![b'u'; 64 * 1024]),
+                left: 64,
+                exact,
+            };
+            let req = Request::post(gw.url("/upload"))
+                .header("authorization", auth())
+                .body(body)
+                .unwrap();
+            let client = Client::builder(TokioExecutor::new()).build_http::<Chunks>();
+            let rsp = client.request(req).await;
+            let status = rsp.as_ref().map(|r| r.status().as_u16());
+            assert!(
+                matches!(status, Ok(413)),
+                "exact: {exact}, round {round}: {rsp:?}"
+            );
+        }
+    }
+}

@@ -22,17 +22,28 @@ use crate::ratelimit::LimitBy;
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
 const MIN_SECRET_BYTES: usize = 32;
 
-/// Headers `request_id` may not name: their values mean something else.
-const RESERVED: [&str; 9] = [
+/// Headers `request_id` may not name: their values mean something else,
+/// or the gateway drops or sets them on the way to the upstream.
+const RESERVED: [&str; 19] = [
     "host",
     "authorization",
+    "proxy-authorization",
     "cookie",
-    "connection",
     "content-length",
     "content-type",
     "transfer-encoding",
     "te",
+    "trailer",
     "upgrade",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "via",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-client-cert",
 ];
 
 /// hyper cannot read a request head with a smaller buffer than this.
@@ -59,6 +70,14 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, Vec<Diag>> {
         &mut d,
     );
     let identity = identity(&raw.identity, &mut d);
+    if let Some(name) = server.as_ref().and_then(|s| s.request_id.as_ref())
+        && identity.names().any(|h| h == name)
+    {
+        d.at(
+            Some(&raw.server.request_id.span()),
+            format!("request_id `{name}` is an [identity] header: upstreams would get the caller's, not the id"),
+        );
+    }
     let cors = raw.cors.as_ref().and_then(|c| cors(c, &mut d));
     let login = raw.login.as_ref().and_then(|l| login(l, path, &mut d));
     let redis_url = state_backend(&raw.state, &raw.keys, &mut d);

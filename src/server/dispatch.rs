@@ -22,7 +22,9 @@ pub async fn dispatch(
 ) -> Response<Body> {
     let request_id = snap.config.server.request_id.as_ref().map(|name| {
         let trusted = snap.config.server.trusts(peer.addr.ip());
-        (name, request_id::assign(req.headers_mut(), name, trusted))
+        let id = request_id::assign(req.headers_mut(), name, trusted);
+        req.extensions_mut().insert(proxy::RequestId(id.clone()));
+        (name, id)
     });
     let cors = snap.config.cors.as_ref();
     let mut allowed = None;

@@ -3,8 +3,9 @@
 //!
 //! The certificate is part of the snapshot: it is parsed when a config is
 //! loaded (so `check` validates it) and a SIGHUP reload replaces it for
-//! the handshakes that follow, as nginx's reload does. Whether the listener
-//! speaks TLS at all is fixed at start, as its address is. ALPN offers
+//! the handshakes that follow, as nginx's reload does. Whether a new
+//! connection speaks TLS at all is the snapshot's word when it is accepted
+//! (`server::run`): a reload may turn TLS on or off. ALPN offers
 //! `h2` and `http/1.1`; TLS 1.2 and 1.3 with rustls's safe defaults.
 //!
 //! With `client_ca`, clients are asked for a certificate, which must chain

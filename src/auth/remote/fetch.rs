@@ -76,12 +76,23 @@ async fn follow(url: &Uri, ca_pem: Option<&[u8]>, limit: Duration) -> Result<Byt
 fn redirect(from: &Uri, location: &str) -> Result<Uri, String> {
     let scheme = from.scheme_str().unwrap_or("http");
     let authority = from.authority().map_or("", |a| a.as_str());
-    let absolute = if location.contains("://") {
+    // A fragment is never sent.
+    let location = location.split('#').next().unwrap_or_default();
+    // RFC 3986 §3.1: a reference with a scheme is absolute; a `:` in its
+    // path or query does not make one.
+    let has_scheme = location.split_once(':').is_some_and(|(s, _)| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    });
+    let absolute = if has_scheme {
         location.to_string()
     } else if let Some(rest) = location.strip_prefix("//") {
         format!("{scheme}://{rest}")
     } else if location.starts_with('/') {
         format!("{scheme}://{authority}{location}")
+    } else if location.is_empty() || location.starts_with('?') {
+        format!("{scheme}://{authority}{}{location}", from.path())
     } else {
         // Relative to the request's path, as a browser resolves it.
         let path = from.path();
@@ -257,6 +268,16 @@ mod tests {
             ("//cdn.test/k", "https://cdn.test/k"),
             ("/certs", "https://idp.test/certs"),
             ("certs?v=2", "https://idp.test/realms/a/certs?v=2"),
+            ("?v=2", "https://idp.test/realms/a/keys?v=2"),
+            (
+                "/certs?from=https://idp.test/old",
+                "https://idp.test/certs?from=https://idp.test/old",
+            ),
+            (
+                "certs?next=http://x",
+                "https://idp.test/realms/a/certs?next=http://x",
+            ),
+            ("/certs#frag", "https://idp.test/certs"),
         ] {
             assert_eq!(
                 redirect(&from, location).unwrap().to_string(),
