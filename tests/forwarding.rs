@@ -557,6 +557,10 @@ async fn an_h2c_prior_knowledge_request_is_proxied() {
     assert_eq!(upload["bytes"], 1 << 20);
 }
 
+async fn body_of(rsp: http::Response<Incoming>) -> Bytes {
+    rsp.into_body().collect().await.unwrap().to_bytes()
+}
+
 /// HEAD over HTTP/2: the gateway's own answers (a 401 here) and a proxied
 /// one come without a body, their length in `Content-Length`. hyper's
 /// HTTP/2 server sent the gateway's bodies, and the client reset the
@@ -582,26 +586,12 @@ async fn head_over_h2_gets_headers_only() {
         .parse()
         .unwrap();
     assert!(len > 0, "the GET's length");
-    assert!(
-        rsp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .is_empty()
-    );
+    assert!(body_of(rsp).await.is_empty());
 
     let token = hs_token(&claims("alice"));
     let rsp = head("/x", Some(&token)).await.expect("no stream reset");
     assert_eq!(rsp.status(), 200);
-    assert!(
-        rsp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .is_empty()
-    );
+    assert!(body_of(rsp).await.is_empty());
     assert_eq!(up.hits(), 1);
 }
 

@@ -77,20 +77,31 @@ impl Body for Chunks {
     }
 }
 
-async fn upload_50_mb(exact: bool) {
-    let up = TestUpstream::start().await;
-    let gw = gateway(up.addr).await;
+/// `POST path` (with a token) of `chunks` chunks of 64 KiB, announced
+/// (`Content-Length`) when `exact`, else chunked; on a new connection.
+fn upload(
+    gw: &TestGateway,
+    path: &str,
+    chunks: usize,
+    exact: bool,
+) -> hyper_util::client::legacy::ResponseFuture {
     let body = Chunks {
         chunk: Bytes::from(vec![b'u'; 64 * 1024]),
-        left: 800,
+        left: chunks,
         exact,
     };
-    let req = Request::post(gw.url("/upload"))
+    let req = Request::post(gw.url(path))
         .header("authorization", auth())
         .body(body)
         .unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Chunks>();
-    let rsp = tokio::time::timeout(Duration::from_secs(120), client.request(req))
+    client.request(req)
+}
+
+async fn upload_50_mb(exact: bool) {
+    let up = TestUpstream::start().await;
+    let gw = gateway(up.addr).await;
+    let rsp = tokio::time::timeout(Duration::from_secs(120), upload(&gw, "/upload", 800, exact))
         .await
         .expect("the upload finished within 120 s")
         .expect("request sent");
@@ -686,21 +697,11 @@ async fn bodies_over_max_body_bytes_get_413() {
     )
     .replacen("[server]\n", "[server]\nmax_body_bytes = 1048576\n", 1);
     let gw = TestGateway::start(&config).await;
-    let upload = |path: &str, chunks: usize, exact: bool| {
-        let req = Request::post(gw.url(path)).header("authorization", auth());
-        let body = Chunks {
-            chunk: Bytes::from(vec![b'u'; 64 * 1024]),
-            left: chunks,
-            exact,
-        };
-        let client = Client::builder(TokioExecutor::new()).build_http::<Chunks>();
-        async move { client.request(req.body(body).unwrap()).await.unwrap() }
-    };
     // 16 chunks of 64 KiB: exactly 1 MiB is allowed, either way; the
     // route's own limit is larger.
     for (path, chunks) in [("/upload", 16), ("/big/upload", 64)] {
         for exact in [true, false] {
-            let rsp = upload(path, chunks, exact).await;
+            let rsp = upload(&gw, path, chunks, exact).await.unwrap();
             assert_eq!(rsp.status(), 200, "{path} exact: {exact}");
             let body = rsp.into_body().collect().await.unwrap().to_bytes();
             let report: Value = serde_json::from_slice(&body).unwrap();
@@ -761,17 +762,7 @@ async fn an_ordinary_client_over_the_body_limit_reads_its_413() {
     let gw = TestGateway::start(&config).await;
     for exact in [true, false] {
         for round in 0..8 {
-            let body = Chunks {
-                chunk: Bytes::from(vec![b'u'; 64 * 1024]),
-                left: 64,
-                exact,
-            };
-            let req = Request::post(gw.url("/upload"))
-                .header("authorization", auth())
-                .body(body)
-                .unwrap();
-            let client = Client::builder(TokioExecutor::new()).build_http::<Chunks>();
-            let rsp = client.request(req).await;
+            let rsp = upload(&gw, "/upload", 64, exact).await;
             let status = rsp.as_ref().map(|r| r.status().as_u16());
             assert!(
                 matches!(status, Ok(413)),
