@@ -389,3 +389,57 @@ async fn a_host_that_is_no_http2_authority_is_replaced_by_the_targets() {
         assert_eq!(r.json()["authority"], up.addr.to_string(), "{host}");
     }
 }
+
+/// An h2c upstream that resets its first `refuse` streams with
+/// `REFUSED_STREAM` (unprocessed: RFC 9113 §8.7), then answers 200 "ok".
+/// Returns its address and the streams it saw.
+async fn refusing_upstream(refuse: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if seen.fetch_add(1, Ordering::SeqCst) < refuse {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let head = Response::builder().status(200).body(()).unwrap();
+                    if let Ok(mut body) = respond.send_response(head, false) {
+                        let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A request without a body that the server refused unprocessed is sent
+/// once more; one with a body is not (its body is gone): 502.
+#[tokio::test]
+async fn a_refused_stream_without_a_body_is_sent_again() {
+    let (addr, seen) = refusing_upstream(1).await;
+    let gw = TestGateway::start(&h2_config(&[format!("http://{addr}")], "")).await;
+    let r = get(&gw.url("/svc"), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(&r.body[..], b"ok");
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+    let (addr, seen) = refusing_upstream(1).await;
+    let gw = TestGateway::start(&h2_config(&[format!("http://{addr}")], "")).await;
+    let r = send(http::Method::POST, &gw.url("/svc"), &[], "payload").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    // Refused twice in a row: sent again once only.
+    let (addr, seen) = refusing_upstream(2).await;
+    let gw = TestGateway::start(&h2_config(&[format!("http://{addr}")], "")).await;
+    assert_eq!(get(&gw.url("/svc"), &[]).await.status, 502);
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+}

@@ -205,7 +205,10 @@ async fn forward_h2(
 }
 
 /// Sends `req` as a stream of the target's shared HTTP/2 connection. One
-/// that turned it away unsent (closing, a GOAWAY) gets it again on a new one.
+/// that turned it away unsent (closing, a GOAWAY) gets it again on a new
+/// one. A request without a body that the server refused unprocessed
+/// (`REFUSED_STREAM`, RFC 9113 §8.7: safe to send again, whatever the
+/// method) is sent once more; one with a body cannot be, its body is gone.
 async fn send_h2(
     req: Request<Body>,
     pool: &Pool,
@@ -217,12 +220,25 @@ async fn send_h2(
         .await
         .map_err(Failed::Connect)?;
     *number = Some(n);
+    let again = hyper::body::Body::is_end_stream(req.body()).then(|| {
+        let mut copy = Request::new(body::empty());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        copy
+    });
     let mut err = match sender.try_send_request(req.map(H2Body)).await {
         Ok(rsp) => return Ok(rsp),
         Err(e) => e,
     };
-    let Some(req) = err.take_message() else {
-        return Err(Failed::Exchange(err.into_error()));
+    let req = match (err.take_message(), again) {
+        (Some(req), _) => req,
+        (None, Some(copy)) if refused_stream(err.error()) => {
+            tracing::debug!(target = %pool.dial(), "stream refused unprocessed: sent again");
+            copy.map(H2Body)
+        }
+        (None, _) => return Err(Failed::Exchange(err.into_error())),
     };
     // Only if no other request has replaced that connection already.
     let (n, mut sender) = pool
@@ -231,6 +247,14 @@ async fn send_h2(
         .map_err(Failed::Connect)?;
     *number = Some(n);
     sender.send_request(req).await.map_err(Failed::Exchange)
+}
+
+/// The server reset the stream with `REFUSED_STREAM`: it did not process it.
+fn refused_stream(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|cause| cause.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason)
+        == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// The answer to a request whose body failed on the client's side.
