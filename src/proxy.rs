@@ -108,11 +108,6 @@ struct Ctx<'s> {
     upstream_time: Option<Duration>,
 }
 
-/// The request's id (`[server] request_id`), kept in the request's
-/// extensions for the upstream's copy.
-#[derive(Clone)]
-pub struct RequestId(pub HeaderValue);
-
 /// The request's id (`[server] request_id`), for the access log.
 pub fn request_id_of<B>(req: &Request<B>, snap: &Snapshot) -> Option<HeaderValue> {
     let name = snap.config.server.request_id.as_ref()?;
@@ -243,13 +238,12 @@ async fn handle_inner<'s>(
             .headers()
             .get(header::TE)
             .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // A client can name any header in `Connection`, and the rewrite drops
+    // what it names: the id is put back.
+    let id = request_id_of(&req, snap);
     rewrite_headers(&mut req, host, seen, snap, peer, caller, upgrade);
-    if let Some(name) = &snap.config.server.request_id
-        && let Some(RequestId(id)) = req.extensions_mut().remove::<RequestId>()
-    {
-        // Again: a client can name any header in `Connection`, and the
-        // rewrite drops what it names.
-        req.headers_mut().insert(name.clone(), id);
+    if let (Some(name), Some(id)) = (&snap.config.server.request_id, id) {
+        req.headers_mut().entry(name).or_insert(id);
     }
     if te_trailers {
         req.headers_mut()

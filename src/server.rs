@@ -375,23 +375,28 @@ where
     let client = Arc::new(Peer::new(peer, guard, https, client_cert));
     // The service captures `Shared`, not a snapshot: keep-alive
     // connections see a reload on their next request.
-    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let smuggled = framing.next_request_is_ambiguous();
         let snap = shared.load_full();
         let client = Arc::clone(&client);
         let shared = Arc::clone(&shared);
         async move {
-            let rsp = if smuggled {
+            // Every answer below carries the request's id, as the request
+            // (and so its access-log line and the upstream) does.
+            let id = snap.config.server.request_id.as_ref().map(|name| {
+                let trusted = snap.config.server.trusts(peer.ip());
+                (name, request_id::assign(req.headers_mut(), name, trusted))
+            });
+            let mut rsp = if smuggled {
                 tracing::debug!(%peer, "Content-Length with Transfer-Encoding refused");
                 let why = "Content-Length and Transfer-Encoding together";
-                let mut rsp = GatewayError::BadRequest(why).into_response();
-                if let Some(name) = &snap.config.server.request_id {
-                    rsp.headers_mut().insert(name.clone(), request_id::new_id());
-                }
-                rsp
+                GatewayError::BadRequest(why).into_response()
             } else {
                 dispatch::dispatch(req, &shared, &snap, &client).await
             };
+            if let Some((name, id)) = id {
+                rsp.headers_mut().insert(name.clone(), id);
+            }
             snap.metrics.response(rsp.status());
             Ok::<_, Infallible>(rsp)
         }

@@ -22,28 +22,15 @@ use crate::ratelimit::LimitBy;
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
 const MIN_SECRET_BYTES: usize = 32;
 
-/// Headers `request_id` may not name: their values mean something else,
-/// or the gateway drops or sets them on the way to the upstream.
-const RESERVED: [&str; 19] = [
+/// Headers `request_id` may not name, their values meaning something else;
+/// nor any the request rewrite drops or sets (`proxy::headers::rewritten`).
+const RESERVED: [&str; 6] = [
     "host",
     "authorization",
-    "proxy-authorization",
     "cookie",
     "content-length",
     "content-type",
-    "transfer-encoding",
-    "te",
-    "trailer",
     "upgrade",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "via",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-client-cert",
 ];
 
 /// hyper cannot read a request head with a smaller buffer than this.
@@ -354,7 +341,7 @@ fn server(s: &RawServer, path: &Path, d: &mut Diags<'_>) -> Option<ServerConfig>
     let request_id = match s.request_id.get_ref().as_str() {
         "" => None,
         name => match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(h) if RESERVED.contains(&h.as_str()) => {
+            Ok(h) if RESERVED.contains(&h.as_str()) || crate::proxy::headers::rewritten(&h) => {
                 d.at(
                     Some(&s.request_id.span()),
                     format!("request_id `{name}`: that header has a meaning of its own; use `X-Request-Id`"),

@@ -36,6 +36,21 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static FORWARDED: HeaderName = header::FORWARDED;
 static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
+/// Whether the request rewrite drops `name` (hop-by-hop) or sets it itself
+/// (`Via`, the forwarding headers): a value put there before it would not
+/// reach the upstream as it was.
+pub fn rewritten(name: &HeaderName) -> bool {
+    let set = [
+        &header::VIA,
+        &FORWARDED,
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_FORWARDED_CLIENT_CERT,
+    ];
+    HOP_BY_HOP.contains(name) || set.contains(&name)
+}
+
 /// Which of the names the rewrite acts on a message carries, found in one
 /// pass over its names. Every `HeaderMap` lookup or removal hashes the name
 /// (100 to 300 instructions each), and most requests carry none of these:

@@ -11,31 +11,20 @@ use crate::body::Body;
 use crate::cors::Class;
 use crate::endpoints::{self, Endpoint};
 use crate::proxy::{self, Peer};
-use crate::server::request_id;
 use crate::state::{Gateway, Snapshot};
 
 pub async fn dispatch(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     gw: &Gateway,
     snap: &Snapshot,
     peer: &Peer,
 ) -> Response<Body> {
-    let request_id = snap.config.server.request_id.as_ref().map(|name| {
-        let trusted = snap.config.server.trusts(peer.addr.ip());
-        let id = request_id::assign(req.headers_mut(), name, trusted);
-        req.extensions_mut().insert(proxy::RequestId(id.clone()));
-        (name, id)
-    });
     let cors = snap.config.cors.as_ref();
     let mut allowed = None;
     if let Some(cors) = cors {
         match cors.classify(req.method(), req.headers()) {
             Class::Preflight(rsp) => {
-                let mut rsp = rsp;
-                let id = request_id.map(|(name, id)| {
-                    rsp.headers_mut().insert(name.clone(), id.clone());
-                    id
-                });
+                let id = proxy::request_id_of(&req, snap);
                 tracing::info!(
                     target: "gatehouse::access",
                     method = "OPTIONS",
@@ -63,9 +52,6 @@ pub async fn dispatch(
     };
     if let Some(cors) = cors {
         cors.mark(&mut rsp, allowed);
-    }
-    if let Some((name, id)) = request_id {
-        rsp.headers_mut().insert(name.clone(), id);
     }
     rsp
 }
