@@ -78,6 +78,9 @@ fn redirect(from: &Uri, location: &str) -> Result<Uri, String> {
     let authority = from.authority().map_or("", |a| a.as_str());
     // A fragment is never sent.
     let location = location.split('#').next().unwrap_or_default();
+    if location.is_empty() {
+        return Err("redirected to itself (an empty Location)".into());
+    }
     // RFC 3986 §3.1: a reference with a scheme is absolute; a `:` in its
     // path or query does not make one.
     let has_scheme = location.split_once(':').is_some_and(|(s, _)| {
@@ -91,7 +94,7 @@ fn redirect(from: &Uri, location: &str) -> Result<Uri, String> {
         format!("{scheme}://{rest}")
     } else if location.starts_with('/') {
         format!("{scheme}://{authority}{location}")
-    } else if location.is_empty() || location.starts_with('?') {
+    } else if location.starts_with('?') {
         format!("{scheme}://{authority}{}{location}", from.path())
     } else {
         // Relative to the request's path, as a browser resolves it.
@@ -204,7 +207,7 @@ mod tests {
     use super::*;
 
     /// Serves `status` and `body` to every request on a new port; a 3xx
-    /// names `body` as its `Location`.
+    /// names `body` as its `Location` (none when it is empty).
     async fn serve(status: u16, body: Vec<u8>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -215,7 +218,7 @@ mod tests {
                     assert_eq!(req.uri().path(), "/jwks");
                     let mut rsp = Response::new(Full::new(Bytes::from(body.clone())));
                     *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
-                    if rsp.status().is_redirection() {
+                    if rsp.status().is_redirection() && !body.is_empty() {
                         let to = http::HeaderValue::from_bytes(&body).unwrap();
                         rsp.headers_mut().insert(LOCATION, to);
                     }
@@ -258,6 +261,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains("not http(s)"), "{err}");
+        let url = serve(307, Vec::new()).await;
+        let err = get(&url.parse().unwrap(), None, FETCH_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("307") && err.contains("without a Location"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -286,6 +297,8 @@ mod tests {
             );
         }
         for bad in [
+            "",
+            "#top",
             "http://idp.test/keys",
             "https://user:pw@idp.test/keys",
             "file:///etc/passwd",
